@@ -1,0 +1,88 @@
+#include "bce_plan.h"
+
+#include <ATen/ATen.h>
+
+namespace mlc {
+namespace {
+
+bool is_kernel_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// View `t` (broadcastable to `shape`) as (rows, cols) with unit or zero column stride. reshape() keeps
+// it a view whenever the strides allow (e.g. a (C,) weight becomes row stride 0); only irregular
+// broadcasts such as a (T, C) weight over an (N, T, C) input are materialized.
+at::Tensor as_rows(const at::Tensor& t, at::IntArrayRef shape, int64_t rows, int64_t cols,
+                   bool allow_broadcast_cols) {
+  at::Tensor v = t.expand(shape).reshape({rows, cols});
+  const int64_t cs = v.stride(1);
+  if (cols > 1 && cs != 1 && !(allow_broadcast_cols && cs == 0)) v = v.contiguous();
+  return v;
+}
+
+void check_operand(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input,
+                   bool same_shape) {
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
+              " but input is on ", input.device());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " has dtype ",
+              t.scalar_type(), " but input has dtype ", input.scalar_type());
+  if (same_shape) {
+    TORCH_CHECK(t.sizes() == input.sizes(), op, ": ", name, " size ", t.sizes(),
+                " must be the same as input size ", input.sizes());
+  } else {
+    const auto b = at::infer_size(t.sizes(), input.sizes());
+    TORCH_CHECK(at::IntArrayRef(b) == input.sizes(), op, ": ", name, " of shape ", t.sizes(),
+                " is not broadcastable to input of shape ", input.sizes());
+  }
+}
+
+}  // namespace
+
+BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor& target,
+                      const std::optional<at::Tensor>& weight,
+                      const std::optional<at::Tensor>& pos_weight, int64_t reduction,
+                      bool compute_grad, bool row_mean) {
+  TORCH_CHECK(is_kernel_dtype(input.scalar_type()), op,
+              ": input must be float32, float64, float16 or bfloat16, got ", input.scalar_type());
+  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, op,
+              ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+  TORCH_CHECK(!row_mean || input.dim() >= 1, op, ": input must have at least one dimension");
+  // Soft margin broadcasts its target like the native composite; BCE requires equal sizes.
+  check_operand(op, "target", target, input, /*same_shape=*/!row_mean);
+  if (weight) check_operand(op, "weight", *weight, input, false);
+  if (pos_weight) check_operand(op, "pos_weight", *pos_weight, input, false);
+
+  BcePlan plan;
+  plan.row_mean = row_mean;
+  plan.reduction = reduction;
+  plan.cols = input.dim() == 0 ? 1 : input.size(-1);
+  plan.rows = 1;
+  for (int64_t d = 0; d + 1 < input.dim(); ++d) plan.rows *= input.size(d);
+  const auto shape = input.sizes();
+  plan.input = as_rows(input, shape, plan.rows, plan.cols, false);
+  plan.target = as_rows(target, shape, plan.rows, plan.cols, false);
+  if (weight) plan.weight = as_rows(*weight, shape, plan.rows, plan.cols, true);
+  if (pos_weight) plan.pos_weight = as_rows(*pos_weight, shape, plan.rows, plan.cols, true);
+
+  const auto opts = input.options();
+  if (reduction != kNone) {
+    plan.loss = at::empty({}, opts);
+  } else if (row_mean) {
+    plan.loss = at::empty(shape.slice(0, input.dim() - 1), opts);
+  } else {
+    plan.loss = at::empty(shape, opts);
+  }
+  plan.grad = compute_grad ? at::empty({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
+  double scale = row_mean ? 1.0 / static_cast<double>(plan.cols) : 1.0;
+  if (reduction == kMean && plan.mean_count() > 0) scale /= static_cast<double>(plan.mean_count());
+  plan.grad_scale = scale;
+  return plan;
+}
+
+std::tuple<at::Tensor, at::Tensor> bce_outputs(const BcePlan& plan, const at::Tensor& input) {
+  // grad is (rows, cols) exactly when it was requested; otherwise an empty placeholder.
+  at::Tensor grad = plan.grad.dim() == 2 ? plan.grad.view(input.sizes()) : plan.grad;
+  return {plan.loss, grad};
+}
+
+}  // namespace mlc

@@ -1,0 +1,60 @@
+// Host-side preparation shared by the CPU and CUDA BCE/soft-margin kernels: checks, broadcasting of
+// weight/pos_weight into (rows, cols) views, output allocation, and the gradient scale.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <optional>
+
+#include "math/portable.h"
+#include "params.h"
+
+namespace mlc {
+
+struct BcePlan {
+  at::Tensor input, target, weight, pos_weight;  // (rows, cols) views; weight/pos_weight may be undefined
+  int64_t rows = 0, cols = 0;
+  bool row_mean = false;  // multilabel soft margin: loss averaged over the class (last) dimension
+  int64_t reduction = kMean;
+  at::Tensor loss;  // final output: input's shape, its leading shape (row_mean), or a scalar
+  at::Tensor grad;  // (rows, cols) contiguous when requested, else empty
+  double grad_scale = 1.0;
+
+  // Number of loss values the reduction averages over (elements for BCE, rows for soft margin).
+  int64_t mean_count() const { return row_mean ? rows : rows * cols; }
+  template <class T>
+  BceParams<T> params() const;
+};
+
+BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor& target,
+                      const std::optional<at::Tensor>& weight,
+                      const std::optional<at::Tensor>& pos_weight, int64_t reduction,
+                      bool compute_grad, bool row_mean);
+
+// Output of the op: (loss, grad reshaped as the input, or an empty tensor).
+std::tuple<at::Tensor, at::Tensor> bce_outputs(const BcePlan& plan, const at::Tensor& input);
+
+template <class T>
+BceParams<T> BcePlan::params() const {
+  BceParams<T> p;
+  p.input = input.const_data_ptr<T>();
+  p.target = target.const_data_ptr<T>();
+  p.rows = rows;
+  p.cols = cols;
+  p.input_row_stride = input.stride(0);
+  p.target_row_stride = target.stride(0);
+  if (weight.defined()) {
+    p.weight = weight.const_data_ptr<T>();
+    p.weight_row_stride = weight.stride(0);
+    p.weight_col_stride = weight.stride(1);
+  }
+  if (pos_weight.defined()) {
+    p.pos_weight = pos_weight.const_data_ptr<T>();
+    p.pos_weight_row_stride = pos_weight.stride(0);
+    p.pos_weight_col_stride = pos_weight.stride(1);
+  }
+  if (!row_mean && reduction == kNone) p.loss = loss.mutable_data_ptr<T>();
+  if (grad.defined() && grad.numel() > 0) p.grad = grad.mutable_data_ptr<T>();
+  p.grad_scale = grad_scale;
+  return p;
+}
+
+}  // namespace mlc

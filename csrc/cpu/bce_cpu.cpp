@@ -1,0 +1,129 @@
+// Fused BCE-with-logits / multilabel-soft-margin forward + input gradient on the CPU: one pass over
+// input and target writes the gradient and the loss (elementwise, or per-(row, chunk) partial sums
+// reduced afterwards in a fixed order, so results do not depend on the thread count).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../bce_plan.h"
+#include "../math/bce.h"
+#include "vec_io.h"
+
+namespace mlc::cpu {
+namespace {
+
+// Columns per work unit: long enough to amortize per-row setup, short enough that a single long row
+// (extreme multi-label, C ~ 1e6) still splits across threads.
+constexpr int64_t kChunk = 16384;
+constexpr int64_t kGrainElems = 32768;  // below this, threading costs more than it saves
+
+// Returns the loss sum over row r, columns [c0, c1) (0 when the loss is written elementwise).
+template <class T>
+double bce_chunk(const BceParams<T>& P, int64_t r, int64_t c0, int64_t c1) {
+  using acc_t = opmath_t<T>;
+  using V = Vectorized<acc_t>;
+  constexpr int64_t L = V::size();
+  if (c0 >= c1) return 0.0;  // cols == 0: operands may have no storage at all
+  const T* x = P.input + r * P.input_row_stride;
+  const T* y = P.target + r * P.target_row_stride;
+  const T* w = P.weight ? P.weight + r * P.weight_row_stride : nullptr;
+  const T* pw = P.pos_weight ? P.pos_weight + r * P.pos_weight_row_stride : nullptr;
+  const bool w_vec = w && P.weight_col_stride != 0;
+  const bool pw_vec = pw && P.pos_weight_col_stride != 0;
+  const V w_bcast(w ? acc_t(w[0]) : acc_t(1));
+  const V pw_bcast(pw ? acc_t(pw[0]) : acc_t(1));
+  const V scale(static_cast<acc_t>(P.grad_scale));
+  T* grad = P.grad ? P.grad + r * P.cols : nullptr;
+  T* loss = P.loss ? P.loss + r * P.cols : nullptr;
+
+  double lane_sums[L] = {};  // double lanes: a 1e6-long fp32 row keeps ~1e-7 relative accuracy
+  for (int64_t c = c0; c < c1; c += L) {
+    const int64_t n = std::min<int64_t>(L, c1 - c);
+    V l, g;
+    math::bce_elem<VecOps<acc_t>>(load(x + c, n), load(y + c, n),
+                                  w_vec ? load(w + c, n) : w_bcast,
+                                  pw_vec ? load(pw + c, n) : pw_bcast, l, g);
+    if (grad) store(grad + c, g * scale, n);
+    if (loss) {
+      store(loss + c, l, n);
+    } else {
+      acc_t tmp[L];
+      l.store(tmp);
+      for (int64_t k = 0; k < n; ++k) lane_sums[k] += tmp[k];
+    }
+  }
+  double s = 0;
+  for (int64_t k = 0; k < L; ++k) s += lane_sums[k];
+  return s;
+}
+
+template <class T>
+void bce_cpu_impl(BcePlan& plan) {
+  const BceParams<T> P = plan.params<T>();
+  const int64_t chunks = std::max<int64_t>(1, (P.cols + kChunk - 1) / kChunk);
+  const int64_t units = P.rows * chunks;
+  const int64_t unit_elems = std::max<int64_t>(1, std::min(P.cols, kChunk));
+  const bool sums = plan.row_mean || plan.reduction != kNone;  // else the loss is elementwise
+  std::vector<double> partial(sums ? units : 0);
+  at::parallel_for(0, units, std::max<int64_t>(1, kGrainElems / unit_elems),
+                   [&](int64_t u0, int64_t u1) {
+                     for (int64_t u = u0; u < u1; ++u) {
+                       const int64_t r = u / chunks, c0 = (u % chunks) * kChunk;
+                       const double s = bce_chunk(P, r, c0, std::min(c0 + kChunk, P.cols));
+                       if (sums) partial[u] = s;
+                     }
+                   });
+  if (!sums) return;
+  const double cols = static_cast<double>(P.cols);
+  if (plan.reduction == kNone) {  // soft margin: one value per row
+    T* out = plan.loss.mutable_data_ptr<T>();
+    for (int64_t r = 0; r < P.rows; ++r) {
+      double s = 0;
+      for (int64_t k = 0; k < chunks; ++k) s += partial[r * chunks + k];
+      out[r] = static_cast<T>(s / cols);
+    }
+    return;
+  }
+  double total = 0;
+  for (double s : partial) total += s;
+  if (plan.row_mean) total /= cols;
+  if (plan.reduction == kMean) total /= static_cast<double>(plan.mean_count());
+  *plan.loss.mutable_data_ptr<T>() = static_cast<T>(total);
+}
+
+std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& input,
+                                       const at::Tensor& target,
+                                       const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& pos_weight,
+                                       int64_t reduction, bool compute_grad, bool row_mean) {
+  BcePlan plan = make_bce_plan(op, input, target, weight, pos_weight, reduction, compute_grad,
+                               row_mean);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bce_cpu",
+                                  [&] { bce_cpu_impl<scalar_t>(plan); });
+  return bce_outputs(plan, input);
+}
+
+std::tuple<at::Tensor, at::Tensor> bce_with_logits_cpu(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& pos_weight, int64_t reduction, bool compute_grad) {
+  return run("binary_cross_entropy_with_logits", input, target, weight, pos_weight, reduction,
+             compute_grad, false);
+}
+
+std::tuple<at::Tensor, at::Tensor> multilabel_soft_margin_cpu(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    int64_t reduction, bool compute_grad) {
+  return run("multilabel_soft_margin_loss", input, target, weight, std::nullopt, reduction,
+             compute_grad, true);
+}
+
+}  // namespace
+}  // namespace mlc::cpu
+
+TORCH_LIBRARY_IMPL(multilabel_cuda, CPU, m) {
+  m.impl("bce_with_logits", &mlc::cpu::bce_with_logits_cpu);
+  m.impl("multilabel_soft_margin", &mlc::cpu::multilabel_soft_margin_cpu);
+}

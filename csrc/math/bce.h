@@ -1,0 +1,25 @@
+// The single source of truth for the BCE-with-logits math (also the soft-margin loss, which is BCE
+// with pos_weight = 1 averaged over classes). `Ops` supplies exp/log1p/abs/max/where_nonneg for a value
+// type V: a float/double per CUDA thread, or an ATen Vectorized<T> on the CPU, so one formula serves both.
+#pragma once
+#include "portable.h"
+
+namespace mlc::math {
+
+// Loss and d(loss)/dx of one element: weight w, positive-class weight p, logit x, (soft) target y.
+//   loss = w * [(1 - y) x + (1 + (p - 1) y) softplus(-x)]
+//   grad = w * [(1 + (p - 1) y) sigmoid(x) - p y]
+// Both come from e = exp(-|x|) in (0, 1], so nothing overflows for any finite x (|x| = 1e30 is fine)
+// and NaN/inf propagate as in the native composite.
+template <class Ops, class V>
+ML_HD void bce_elem(V x, V y, V w, V p, V& loss, V& grad) {
+  const V one(1), zero(0);
+  const V e = Ops::exp(zero - Ops::abs(x));
+  const V softplus_neg = Ops::log1p(e) + Ops::max(zero - x, zero);
+  const V sigmoid = Ops::where_nonneg(x, one, e) / (one + e);
+  const V log_weight = one + (p - one) * y;
+  loss = w * ((one - y) * x + log_weight * softplus_neg);
+  grad = w * (log_weight * sigmoid - p * y);
+}
+
+}  // namespace mlc::math

@@ -1,0 +1,29 @@
+// Every schema of the library, in one place. Each op returns (loss, grad): grad is the input gradient
+// for an upstream gradient of 1, computed in the same pass when compute_grad is set (else empty);
+// autograd (multilabel_cuda/_ops.py) saves it and backward only scales it.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// An importable module, so `import multilabel_cuda._C` loads the library and registers the ops.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&def);
+}
+}
+
+TORCH_LIBRARY(multilabel_cuda, m) {
+  m.def("bce_with_logits(Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, "
+        "int reduction, bool compute_grad) -> (Tensor, Tensor)");
+  m.def("multilabel_soft_margin(Tensor input, Tensor target, Tensor? weight, int reduction, "
+        "bool compute_grad) -> (Tensor, Tensor)");
+  // Which CPU vector ISA the library was compiled for ("avx2" or "default"): Python refuses to use
+  // an AVX2 build on a CPU without AVX2 instead of crashing on an illegal instruction.
+  m.def("cpu_isa() -> str", []() -> std::string {
+#if defined(CPU_CAPABILITY_AVX2)
+    return "avx2";
+#else
+    return "default";
+#endif
+  });
+}

@@ -1,0 +1,25 @@
+// Kernel parameter blocks: raw pointers, sizes and strides only (no ATen types), so that the CPU
+// kernels, the CUDA kernels and the SIMT emulation tests all consume the same struct.
+#pragma once
+#include <cstdint>
+
+namespace mlc {
+
+// A (rows x cols) problem; every operand row r starts at ptr + r * row_stride and its columns are
+// contiguous (col_stride 1) or broadcast (col_stride 0). A null weight/pos_weight means 1.
+template <class T>
+struct BceParams {
+  const T* input = nullptr;
+  const T* target = nullptr;
+  const T* weight = nullptr;
+  const T* pos_weight = nullptr;
+  int64_t rows = 0, cols = 0;
+  int64_t input_row_stride = 0, target_row_stride = 0;
+  int64_t weight_row_stride = 0, weight_col_stride = 0;
+  int64_t pos_weight_row_stride = 0, pos_weight_col_stride = 0;
+  T* loss = nullptr;  // elementwise loss (reduction 'none' of BCE), rows x cols contiguous, or null
+  T* grad = nullptr;  // d(reduced loss)/d(input) for an upstream gradient of 1, contiguous, or null
+  double grad_scale = 1.0;  // 1, 1/cols (soft margin) or 1/numel (mean): folded into grad
+};
+
+}  // namespace mlc

@@ -1,0 +1,14 @@
+"""Fused forward+backward kernels for multi-label classification losses (CPU and CUDA).
+
+    import multilabel_cuda
+    loss_fn = multilabel_cuda.BCEWithLogitsLoss(pos_weight=pw)   # drop-in for torch.nn's
+    multilabel_cuda.backend()                                    # 'extension' or 'reference'
+"""
+from . import functional
+from ._backend import backend, set_backend
+from .functional import LossArgumentError
+from .modules import BCEWithLogitsLoss, MultiLabelSoftMarginLoss
+
+__all__ = ["functional", "backend", "set_backend", "LossArgumentError", "BCEWithLogitsLoss",
+           "MultiLabelSoftMarginLoss"]
+__version__ = "0.1.0"

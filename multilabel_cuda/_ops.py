@@ -1,0 +1,101 @@
+"""Loads the compiled library and wires its ops into autograd and tracing (fake kernels).
+
+Each op returns (loss, grad) where grad is d(loss)/d(input) for an upstream gradient of 1 from the
+same fused pass; backward only scales it. Double backward and target gradients go through the
+differentiable formulas in ``reference`` (input and target are saved by reference: no copies)."""
+import torch
+
+from . import reference
+from ._reduction import NONE, MEAN
+
+LOAD_ERROR = None
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.multilabel_cuda.*)
+
+    _isa = torch.ops.multilabel_cuda.cpu_isa()
+    if _isa.startswith("unsupported"):
+        raise ImportError(f"multilabel_cuda._C was built for {_isa.split(':')[1]}, "
+                          "which this CPU lacks; rebuild with MULTILABEL_CUDA_CPU_ISA=default")
+except (ImportError, OSError, RuntimeError) as e:  # not built, or built against another torch
+    LOAD_ERROR = e
+
+AVAILABLE = LOAD_ERROR is None
+
+
+def grad_scale(input, reduction, row_mean):
+    """The factor the kernels fold into grad: 1/C per row for soft margin, 1/count for 'mean'."""
+    cols = input.size(-1) if input.dim() > 0 else 1
+    count = input.numel() // cols if row_mean and cols else input.numel()
+    scale = 1.0 / cols if row_mean and cols else 1.0
+    if reduction == MEAN and count:
+        scale /= count
+    return scale
+
+
+def _scale_by_upstream(ctx, grad, grad_loss):
+    """grad * upstream gradient, broadcast over the class dim for per-row losses."""
+    if ctx.reduction == NONE and ctx.row_mean:
+        grad_loss = grad_loss.unsqueeze(-1)
+    # The common `loss.backward()` on CPU: hand out the saved gradient itself (no N x C copy). ctx
+    # keeps a second reference so autograd's AccumulateGrad copies instead of stealing it, so a
+    # retained graph never sees it modified.
+    if (grad.device.type == "cpu" and grad_loss.numel() == 1 and not grad_loss.requires_grad
+            and not torch.compiler.is_compiling() and grad_loss.item() == 1.0
+            and grad.shape == torch.broadcast_shapes(grad.shape, grad_loss.shape)):
+        ctx.handed_out = grad.detach()
+        return ctx.handed_out
+    return grad * grad_loss
+
+
+def _make_bce_autograd(row_mean):
+    def setup_context(ctx, inputs, output):
+        if row_mean:
+            input, target, weight, reduction, compute_grad = inputs
+            pos_weight = None
+        else:
+            input, target, weight, pos_weight, reduction, compute_grad = inputs
+        ctx.row_mean, ctx.reduction, ctx.compute_grad = row_mean, reduction, compute_grad
+        ctx.scale = grad_scale(input, reduction, row_mean)
+        ctx.save_for_backward(output[1], input, target, weight, pos_weight)
+
+    def backward(ctx, grad_loss, _unused):
+        grad, input, target, weight, pos_weight = ctx.saved_tensors
+        n_weights = 1 if row_mean else 2
+        if any(ctx.needs_input_grad[2:2 + n_weights]):
+            raise RuntimeError("multilabel_cuda: gradients w.r.t. weight/pos_weight are not computed by "
+                               "the fused op; multilabel_cuda.functional routes such calls to the "
+                               "reference implementation")
+        grad_input = grad_target = None
+        if ctx.needs_input_grad[0]:
+            if torch.is_grad_enabled():  # create_graph=True: stay differentiable w.r.t. input
+                g = reference.bce_grad_input(input, target, weight, pos_weight, ctx.scale)
+                grad_input = g * (grad_loss.unsqueeze(-1) if ctx.row_mean and ctx.reduction == NONE
+                                  else grad_loss)
+            elif not ctx.compute_grad:
+                raise RuntimeError("multilabel_cuda: the op ran with compute_grad=False, so it has no "
+                                   "input gradient to give")
+            else:
+                grad_input = _scale_by_upstream(ctx, grad, grad_loss)
+        if ctx.needs_input_grad[1]:
+            g = reference.bce_grad_target(input, target, weight, pos_weight, ctx.scale)
+            grad_target = g * (grad_loss.unsqueeze(-1) if ctx.row_mean and ctx.reduction == NONE
+                               else grad_loss)
+        return (grad_input, grad_target) + (None,) * (n_weights + 2)
+
+    return setup_context, backward
+
+
+if AVAILABLE:
+    @torch.library.register_fake("multilabel_cuda::bce_with_logits")
+    def _(input, target, weight, pos_weight, reduction, compute_grad):
+        loss = input.new_empty(input.shape if reduction == NONE else ())
+        return loss, input.new_empty(input.shape if compute_grad else (0,))
+
+    @torch.library.register_fake("multilabel_cuda::multilabel_soft_margin")
+    def _(input, target, weight, reduction, compute_grad):
+        loss = input.new_empty(input.shape[:-1] if reduction == NONE else ())
+        return loss, input.new_empty(input.shape if compute_grad else (0,))
+
+    for _name, _row_mean in (("bce_with_logits", False), ("multilabel_soft_margin", True)):
+        _setup, _backward = _make_bce_autograd(_row_mean)
+        torch.library.register_autograd(f"multilabel_cuda::{_name}", _backward, setup_context=_setup)

@@ -1,0 +1,15 @@
+"""Reduction names <-> the integers of at::Reduction, which the op schemas take."""
+import torch
+
+NONE, MEAN, SUM = 0, 1, 2
+_CODES = {"none": NONE, "mean": MEAN, "sum": SUM}
+
+
+def code(reduction, size_average=None, reduce=None):
+    """torch.nn's rules, legacy size_average/reduce included; ValueError naming a bad value."""
+    if size_average is not None or reduce is not None:
+        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce, emit_warning=True)
+    try:
+        return _CODES[reduction]
+    except (KeyError, TypeError):
+        raise ValueError(f"{reduction} is not a valid value for reduction") from None

@@ -1,0 +1,110 @@
+"""Drop-in replacements for the torch.nn.functional losses, same signatures and semantics.
+
+Arguments are validated here, once, for every backend; then the fused op runs (or the reference
+implementation, when the extension is unavailable or a case needs autograd it does not cover:
+forward-mode AD, or gradients w.r.t. weight/pos_weight)."""
+import torch
+from torch.autograd import forward_ad
+
+from . import _backend, reference
+from ._reduction import code as _reduction_code
+
+
+class LossArgumentError(ValueError, RuntimeError):
+    """Bad argument to a loss. A ValueError (as torch.nn raises for sizes and reductions) that is also
+    a RuntimeError (as ATen raises for dtypes, devices and broadcasting), so either `except` works."""
+
+
+def _fail(fn, msg):
+    raise LossArgumentError(f"{fn}: {msg}")
+
+
+def _check_tensor(fn, name, t):
+    if not isinstance(t, torch.Tensor):
+        _fail(fn, f"{name} must be a Tensor, got {type(t).__name__}")
+
+
+def _check_floating(fn, name, t):
+    if not t.is_floating_point():
+        _fail(fn, f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def _same_device(fn, name, t, input):
+    if t.device != input.device:
+        if t.dim() == 0 and t.device.type == "cpu":  # CPU scalars mix with any device, as in ATen
+            return t.to(input.device)
+        _fail(fn, f"{name} is on {t.device} but input is on {input.device}")
+    return t
+
+
+def _broadcast_operand(fn, name, t, input, dtype):
+    """weight / pos_weight / soft-margin target: any tensor broadcastable to input's shape."""
+    _check_tensor(fn, name, t)
+    t = _same_device(fn, name, t, input)
+    try:
+        ok = torch.broadcast_shapes(t.shape, input.shape) == input.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        _fail(fn, f"{name} of shape {tuple(t.shape)} is not broadcastable to input of shape "
+                  f"{tuple(input.shape)}")
+    return t.to(dtype)
+
+
+def _needs_reference(*tensors):
+    if forward_ad._current_level >= 0:  # inside fwAD.dual_level(): the fused op has no jvp
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _compute_grad(input):
+    return torch.is_grad_enabled() and input.requires_grad
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
+                                     reduction="mean", pos_weight=None):
+    """See torch.nn.functional.binary_cross_entropy_with_logits."""
+    fn = "binary_cross_entropy_with_logits"
+    red = _reduction_code(reduction, size_average, reduce)
+    _check_tensor(fn, "input", input)
+    _check_tensor(fn, "target", target)
+    if target.size() != input.size():
+        raise LossArgumentError(f"Target size ({target.size()}) must be the same as input size "
+                                f"({input.size()})")
+    _check_floating(fn, "input", input)
+    _check_floating(fn, "target", target)
+    target = _same_device(fn, "target", target, input)
+    dtype = torch.result_type(input, target)  # native promotes, e.g. fp32 input + fp64 target
+    input, target = input.to(dtype), target.to(dtype)
+    if weight is not None:
+        weight = _broadcast_operand(fn, "weight", weight, input, dtype)
+    if pos_weight is not None:
+        pos_weight = _broadcast_operand(fn, "pos_weight", pos_weight, input, dtype)
+    if not _backend.use_extension(input.device) or _needs_reference(weight, pos_weight):
+        return reference.binary_cross_entropy_with_logits(input, target, weight, pos_weight, red)
+    return torch.ops.multilabel_cuda.bce_with_logits(input, target, weight, pos_weight, red,
+                                                     _compute_grad(input))[0]
+
+
+def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, reduce=None,
+                                reduction="mean"):
+    """See torch.nn.functional.multilabel_soft_margin_loss."""
+    fn = "multilabel_soft_margin_loss"
+    red = _reduction_code(reduction, size_average, reduce)
+    _check_tensor(fn, "input", input)
+    _check_tensor(fn, "target", target)
+    _check_floating(fn, "input", input)
+    if input.dim() == 0:
+        _fail(fn, "input must have at least one dimension (the class dimension), got a scalar")
+    if target.dtype == torch.bool or target.is_complex():
+        _fail(fn, f"target must be a real floating-point or integer tensor, got {target.dtype}")
+    # Integer 0/1 targets work as in the native composite (target * logsigmoid(input)).
+    dtype = torch.result_type(input, target) if target.is_floating_point() else input.dtype
+    input = input.to(dtype)
+    target = _broadcast_operand(fn, "target", target, input, dtype)
+    if weight is not None:
+        weight = _broadcast_operand(fn, "weight", weight, input, dtype)
+    if not _backend.use_extension(input.device) or _needs_reference(weight):
+        return reference.multilabel_soft_margin_loss(input, target, weight, red)
+    return torch.ops.multilabel_cuda.multilabel_soft_margin(input, target, weight, red,
+                                                            _compute_grad(input))[0]

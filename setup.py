@@ -1,0 +1,81 @@
+"""Builds multilabel_cuda._C through torch.utils.cpp_extension.
+
+Environment knobs:
+  MULTILABEL_CUDA_BUILD = auto | cpu | cuda   auto: CUDAExtension when nvcc and a CUDA build of torch
+                                              are present (no GPU needed), else CppExtension.
+  MULTILABEL_CUDA_CPU_ISA = auto | avx2 | default   auto: AVX2+FMA when this CPU has them.
+  CUDA_HOME (default /usr/local/cuda if it has nvcc), TORCH_CUDA_ARCH_LIST (default "8.0;9.0").
+"""
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+# cpp_extension reads CUDA_HOME at import time; the nvcc on PATH may be a wrapper outside the toolkit.
+if not os.environ.get("CUDA_HOME") and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+# Without a GPU, cpp_extension cannot guess the architectures (it crashes with an IndexError).
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+
+import torch  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def cpu_supports_avx2():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return all(f" {flag}" in flags for flag in ("avx2", "fma", "f16c"))
+
+
+def want_cuda(cu_sources):
+    mode = os.environ.get("MULTILABEL_CUDA_BUILD", "auto")
+    if mode not in ("auto", "cpu", "cuda"):
+        raise SystemExit(f"MULTILABEL_CUDA_BUILD must be auto, cpu or cuda, got {mode!r}")
+    available = bool(cu_sources) and torch.version.cuda is not None and (
+        cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None)
+    if mode == "cuda" and not available:
+        raise SystemExit("MULTILABEL_CUDA_BUILD=cuda but no CUDA toolkit / CUDA build of torch found")
+    return available and mode != "cpu"
+
+
+def cpu_isa_flags():
+    isa = os.environ.get("MULTILABEL_CUDA_CPU_ISA", "auto")
+    if isa == "auto":
+        isa = "avx2" if cpu_supports_avx2() else "default"
+    if isa == "avx2":
+        # ATen's Vectorized<T> picks its AVX2 specializations (Sleef exp/log1p) from these macros;
+        # CPU_CAPABILITY names the inline namespace, keeping our instantiations apart from ATen's.
+        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    return ["-DCPU_CAPABILITY=DEFAULT"]
+
+
+def extension():
+    cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cu_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    cxx = ["-O3", "-fopenmp", "-Wno-unknown-pragmas"] + cpu_isa_flags()
+    common = dict(
+        name="multilabel_cuda._C",
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=["-fopenmp"],  # at::parallel_for silently runs on one thread without it
+        py_limited_api=True,
+    )
+    if want_cuda(cu_sources):
+        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas", "-v"]
+        return cpp_extension.CUDAExtension(
+            sources=cpp_sources + cu_sources,
+            extra_compile_args={"cxx": cxx + ["-DMLC_WITH_CUDA"], "nvcc": nvcc + ["-DMLC_WITH_CUDA"]},
+            **common)
+    return cpp_extension.CppExtension(sources=cpp_sources, extra_compile_args={"cxx": cxx}, **common)
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)
