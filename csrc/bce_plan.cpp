@@ -1,6 +1,7 @@
 #include "bce_plan.h"
 
 #include <ATen/ATen.h>
+#include <ATen/ExpandUtils.h>
 
 namespace mlc {
 namespace {
@@ -30,8 +31,7 @@ void check_operand(const char* op, const char* name, const at::Tensor& t, const 
     TORCH_CHECK(t.sizes() == input.sizes(), op, ": ", name, " size ", t.sizes(),
                 " must be the same as input size ", input.sizes());
   } else {
-    const auto b = at::infer_size(t.sizes(), input.sizes());
-    TORCH_CHECK(at::IntArrayRef(b) == input.sizes(), op, ": ", name, " of shape ", t.sizes(),
+    TORCH_CHECK(at::is_expandable_to(t.sizes(), input.sizes()), op, ": ", name, " of shape ", t.sizes(),
                 " is not broadcastable to input of shape ", input.sizes());
   }
 }

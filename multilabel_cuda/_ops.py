@@ -4,6 +4,7 @@ Each op returns (loss, grad) where grad is d(loss)/d(input) for an upstream grad
 same fused pass; backward only scales it. Double backward and target gradients go through the
 differentiable formulas in ``reference`` (input and target are saved by reference: no copies)."""
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import reference
 from ._reduction import NONE, MEAN
@@ -32,6 +33,12 @@ def grad_scale(input, reduction, row_mean):
     return scale
 
 
+def _plain_eager(*tensors):
+    """Real tensors, no tracer: a data-dependent shortcut (.item()) is allowed."""
+    return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+            and all(type(t) is torch.Tensor for t in tensors))
+
+
 def _scale_by_upstream(ctx, grad, grad_loss):
     """grad * upstream gradient, broadcast over the class dim for per-row losses."""
     if ctx.reduction == NONE and ctx.row_mean:
@@ -40,7 +47,7 @@ def _scale_by_upstream(ctx, grad, grad_loss):
     # keeps a second reference so autograd's AccumulateGrad copies instead of stealing it, so a
     # retained graph never sees it modified.
     if (grad.device.type == "cpu" and grad_loss.numel() == 1 and not grad_loss.requires_grad
-            and not torch.compiler.is_compiling() and grad_loss.item() == 1.0
+            and _plain_eager(grad, grad_loss) and grad_loss.item() == 1.0
             and grad.shape == torch.broadcast_shapes(grad.shape, grad_loss.shape)):
         ctx.handed_out = grad.detach()
         return ctx.handed_out

@@ -1,6 +1,8 @@
 """Reduction names <-> the integers of at::Reduction, which the op schemas take."""
 import torch
 
+from ._errors import LossArgumentError
+
 NONE, MEAN, SUM = 0, 1, 2
 _CODES = {"none": NONE, "mean": MEAN, "sum": SUM}
 
@@ -12,4 +14,4 @@ def code(reduction, size_average=None, reduce=None):
     try:
         return _CODES[reduction]
     except (KeyError, TypeError):
-        raise ValueError(f"{reduction} is not a valid value for reduction") from None
+        raise LossArgumentError(f"{reduction} is not a valid value for reduction") from None

@@ -7,12 +7,8 @@ import torch
 from torch.autograd import forward_ad
 
 from . import _backend, reference
+from ._errors import LossArgumentError
 from ._reduction import code as _reduction_code
-
-
-class LossArgumentError(ValueError, RuntimeError):
-    """Bad argument to a loss. A ValueError (as torch.nn raises for sizes and reductions) that is also
-    a RuntimeError (as ATen raises for dtypes, devices and broadcasting), so either `except` works."""
 
 
 def _fail(fn, msg):
@@ -51,6 +47,14 @@ def _broadcast_operand(fn, name, t, input, dtype):
     return t.to(dtype)
 
 
+def _result_dtype(input, target):
+    """torch.result_type for two floating tensors, in a form torch.compile traces: a 0-dim target
+    does not promote a dimensioned input (type promotion's category rule)."""
+    if target.dim() == 0 and input.dim() > 0:
+        return input.dtype
+    return torch.promote_types(input.dtype, target.dtype)
+
+
 def _needs_reference(*tensors):
     if forward_ad._current_level >= 0:  # inside fwAD.dual_level(): the fused op has no jvp
         return True
@@ -74,7 +78,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     _check_floating(fn, "input", input)
     _check_floating(fn, "target", target)
     target = _same_device(fn, "target", target, input)
-    dtype = torch.result_type(input, target)  # native promotes, e.g. fp32 input + fp64 target
+    dtype = _result_dtype(input, target)  # native promotes, e.g. fp32 input + fp64 target
     input, target = input.to(dtype), target.to(dtype)
     if weight is not None:
         weight = _broadcast_operand(fn, "weight", weight, input, dtype)
@@ -99,7 +103,7 @@ def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, r
     if target.dtype == torch.bool or target.is_complex():
         _fail(fn, f"target must be a real floating-point or integer tensor, got {target.dtype}")
     # Integer 0/1 targets work as in the native composite (target * logsigmoid(input)).
-    dtype = torch.result_type(input, target) if target.is_floating_point() else input.dtype
+    dtype = _result_dtype(input, target) if target.is_floating_point() else input.dtype
     input = input.to(dtype)
     target = _broadcast_operand(fn, "target", target, input, dtype)
     if weight is not None:

@@ -1,0 +1,125 @@
+"""The op contract: autograd (gradcheck, double backward, forward AD), opcheck, torch.compile."""
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+import multilabel_cuda
+import multilabel_cuda.functional as MF
+
+pytestmark = pytest.mark.skipif(multilabel_cuda.backend() != "extension",
+                                reason="compiled extension not built")
+
+REDUCTIONS = ["none", "mean", "sum"]
+
+
+def _bce_args(shape=(4, 6), requires_target_grad=False):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(shape, dtype=torch.float64, requires_grad=requires_target_grad)
+    w = torch.rand(shape[-1], dtype=torch.float64) + 0.5
+    pw = torch.rand(shape[-1], dtype=torch.float64) + 0.5
+    return x, y, w, pw
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("target_grad", [False, True])
+def test_gradcheck_bce(reduction, target_grad):
+    x, y, w, pw = _bce_args(requires_target_grad=target_grad)
+    fn = lambda x, y: MF.binary_cross_entropy_with_logits(x, y, w, reduction=reduction, pos_weight=pw)
+    assert gradcheck(fn, (x, y))
+    assert gradgradcheck(fn, (x, y))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 3, 4)], ids=str)
+def test_gradcheck_soft_margin(reduction, shape):
+    x, y, w, _ = _bce_args(shape, requires_target_grad=True)
+    fn = lambda x, y: MF.multilabel_soft_margin_loss(x, y, w, reduction=reduction)
+    assert gradcheck(fn, (x, y))
+    assert gradgradcheck(fn, (x, y))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_forward_ad(reduction):
+    """As torch's test_bce_with_logits_has_correct_forward_grad: forward AD through the module."""
+    x, y, _, _ = _bce_args()
+    assert gradcheck(lambda x: multilabel_cuda.BCEWithLogitsLoss(reduction=reduction)(x, y), (x,),
+                     check_forward_ad=True)
+    assert gradcheck(lambda x: MF.multilabel_soft_margin_loss(x, y, reduction=reduction), (x,),
+                     check_forward_ad=True)
+
+
+def _opcheck_samples():
+    f32 = dict(dtype=torch.float32)
+    samples = []
+    for red in (0, 1, 2):
+        for grad in (False, True):
+            x = torch.randn(5, 7, **f32, requires_grad=grad)
+            samples.append(("bce_with_logits", (x, torch.rand(5, 7), None, None, red, grad)))
+            samples.append(("bce_with_logits", (x, torch.rand(5, 7), torch.rand(7),
+                                                torch.rand(5, 1), red, grad)))
+            samples.append(("multilabel_soft_margin", (x, torch.rand(5, 7), torch.rand(7), red, grad)))
+    xt = torch.randn(7, 5, requires_grad=True).t()  # transposed input: fake strides must match
+    samples.append(("bce_with_logits", (xt, torch.rand(5, 7), None, None, 0, True)))
+    samples.append(("multilabel_soft_margin", (torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True),
+                                               torch.rand(3, 2, 4, dtype=torch.float64), None, 0, True)))
+    return samples
+
+
+@pytest.mark.parametrize("name,args", _opcheck_samples())
+def test_opcheck(name, args):
+    op = getattr(torch.ops.multilabel_cuda, name).default
+    torch.library.opcheck(op, args)
+
+
+def test_fake_kernel_shapes_match_real():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    x, y = torch.randn(3, 4, 5), torch.rand(3, 4, 5)
+    for red in (0, 1, 2):
+        real = torch.ops.multilabel_cuda.multilabel_soft_margin(x, y, None, red, True)
+        with FakeTensorMode() as mode:
+            fake = torch.ops.multilabel_cuda.multilabel_soft_margin(
+                mode.from_tensor(x), mode.from_tensor(y), None, red, True)
+        for r, f in zip(real, fake):
+            assert r.shape == f.shape and r.stride() == f.stride() and r.dtype == f.dtype
+
+
+@pytest.mark.parametrize("loss", ["bce", "soft_margin"])
+def test_torch_compile_fullgraph(loss):
+    torch._dynamo.reset()
+    model = torch.nn.Linear(8, 6).double()
+    pw = torch.rand(6, dtype=torch.float64) + 0.5
+    crit = (multilabel_cuda.BCEWithLogitsLoss(pos_weight=pw) if loss == "bce"
+            else multilabel_cuda.MultiLabelSoftMarginLoss(weight=pw))
+
+    def step(data, labels):
+        return crit(model(data), labels)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    data, labels = torch.randn(10, 8, dtype=torch.float64), torch.rand(10, 6, dtype=torch.float64)
+    eager = step(data, labels)
+    eager_grads = torch.autograd.grad(eager, list(model.parameters()))
+    out = compiled(data, labels)
+    grads = torch.autograd.grad(out, list(model.parameters()))
+    torch.testing.assert_close(out, eager)
+    for a, b in zip(grads, eager_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_torch_compile_inductor():
+    torch._dynamo.reset()
+    x = torch.randn(16, 32, requires_grad=True)
+    y = torch.rand(16, 32)
+    fn = torch.compile(lambda x, y: MF.binary_cross_entropy_with_logits(x, y) * 2, fullgraph=True)
+    out = fn(x, y)
+    (g,) = torch.autograd.grad(out, x)
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(x, y) * 2
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(g, torch.autograd.grad(ref, x)[0])
+
+
+def test_direct_op_without_grad_refuses_backward():
+    x = torch.randn(3, 4, requires_grad=True)
+    loss, grad = torch.ops.multilabel_cuda.bce_with_logits(x, torch.rand(3, 4), None, None, 1, False)
+    assert grad.numel() == 0
+    with pytest.raises(RuntimeError, match="compute_grad=False"):
+        loss.backward()
