@@ -35,6 +35,10 @@ QUICK_CONFIGS = [((256, 4096), "float32")]
 # this many N*P*C element-visits are skipped unless --force (1024x32768 at 256 positives would take
 # over a minute per call).
 MARGIN_MAX_WORK = 1 << 28
+# torch.compile of native margin: Inductor uses the multilabel_margin_loss_forward decomposition,
+# which broadcasts (K target slots) x N x C, and native's target is (N, C), so K = C: O(N * C * C)
+# work and, unless fused, memory (16 GiB at 256x4096). Skipped above this N*C*C unless --force.
+MARGIN_COMPILE_MAX_WORK = 1 << 28
 # The pure-PyTorch fallback is skipped above this many elements unless --reference on.
 REFERENCE_MAX_NUMEL = 1 << 22
 
@@ -173,15 +177,18 @@ def _memory_worker():
         device = torch.device(job["device"])
         res, why = {}, probe.why
         if probe.ok:
-            for shape in (job["warm_shape"], job["shape"]):  # a tiny call first: lazy inits
-                inp = make_inputs(spec, *shape, dtype, device, seed=job["seed"])
-                steps = _impl_steps(spec, inp, job["impls"], compile_=False)
-                for impl, step in steps.items():
-                    try:
-                        res[impl] = step() if shape is job["warm_shape"] else probe.measure(step)
-                    except Exception:  # noqa: BLE001  (failures are reported by the timing run)
-                        res[impl] = None
-                del inp, steps
+            try:
+                for shape in (job["warm_shape"], job["shape"]):  # a tiny call first: lazy inits
+                    inp = make_inputs(spec, *shape, dtype, device, seed=job["seed"])
+                    steps = _impl_steps(spec, inp, job["impls"], compile_=False)
+                    for impl, step in steps.items():
+                        try:
+                            res[impl] = step() if shape is job["warm_shape"] else probe.measure(step)
+                        except Exception:  # noqa: BLE001  (the timing run reports failures)
+                            res[impl] = None
+                    del inp, steps
+            except Exception as e:  # noqa: BLE001
+                why = f"memory worker: {type(e).__name__}: {e}"
             res = {k: (v if isinstance(v, int) else None) for k, v in res.items()}
         results.append(dict(peak_bytes=res, why=why))
     json.dump(results, sys.stdout)
@@ -300,6 +307,10 @@ def run_one(device, spec, shape, dtype_name, args, notes):
     inp = make_inputs(spec, n, c, dtype, device, seed=args.seed)
     sync = _sync_fn(device)
     impls = ["native", "compiled", "fused"]
+    if args.compile and spec.positives and n * c * c > MARGIN_COMPILE_MAX_WORK and not args.force:
+        impls.remove("compiled")
+        notes.append("compiled skipped: Inductor decomposes native margin into an O(N*C*C) "
+                     "broadcast (target slots x N x C); --force to run it anyway")
     if args.reference == "on" or (args.reference == "auto" and n * c <= REFERENCE_MAX_NUMEL):
         impls.append("reference")
     elif args.reference == "auto":
@@ -488,7 +499,8 @@ def parse_args(argv=None):
                    help="skip the torch.compile'd native column")
     p.add_argument("--reference", choices=("auto", "on", "off"), default="auto",
                    help="time the pure-PyTorch fallback: auto = only up to 2^22 elements")
-    p.add_argument("--force", action="store_true", help="run margin cases even where native is too slow")
+    p.add_argument("--force", action="store_true", help="run margin cases even where native (or "
+                   "compiled native) is too slow")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="output path (default bench/results/<device>.json, one per device)")
