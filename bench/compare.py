@@ -247,12 +247,18 @@ def _devices(arg):
     return [torch.device(d) for d in names]
 
 
+def _cuda_ok():
+    import torch
+    return torch.cuda.is_available()
+
+
 def plan(args):
     """[(device, spec, shape, dtype_name, skip_reason_or_None)]"""
     if args.shapes:
         configs = [(s, d) for d in args.dtype.split(",") for s in _parse_shapes(args.shapes)]
     elif args.quick:
-        configs = [(s, d if args.dtype is None else args.dtype) for s, d in QUICK_CONFIGS]
+        configs = ([(s, d) for d in args.dtype.split(",") for s, _ in QUICK_CONFIGS] if args.dtype
+                   else QUICK_CONFIGS)
     elif args.dtype:
         configs = [(s, d) for d in args.dtype.split(",") for s, _ in DEFAULT_CONFIGS[:2]]
     else:
@@ -264,7 +270,9 @@ def plan(args):
                 spec = SPECS[name]
                 skip = None
                 ok, why = fused_available(spec)
-                if not ok:
+                if device.type == "cuda" and not _cuda_ok():
+                    skip = "no CUDA device"
+                elif not ok:
                     skip = why
                 elif spec.positives and shape[1] <= spec.positives:
                     skip = f"needs more than {spec.positives} classes"
@@ -314,7 +322,7 @@ def run_one(device, spec, shape, dtype_name, args, notes):
     if args.reference == "on" or (args.reference == "auto" and n * c <= REFERENCE_MAX_NUMEL):
         impls.append("reference")
     elif args.reference == "auto":
-        notes.append("reference skipped on large shapes (--reference on to time it)")
+        notes.append("reference skipped: above 2^22 elements (--reference on to time it)")
     if args.compile:
         torch._dynamo.reset()
     steps = _impl_steps(spec, inp, impls, compile_=args.compile, notes=notes)
@@ -384,7 +392,9 @@ def _fmt_mem(row, impl):
     b = row.get("peak_bytes", {}).get(impl)
     if b is None:
         return "-"
-    return f"{b / 2**20:.0f}M({b / row['buffer_bytes']:.1f})"
+    mib = b / 2**20
+    return f"{mib:.0f}M({b / row['buffer_bytes']:.1f})" if mib >= 10 else \
+        f"{mib:.2g}M({b / row['buffer_bytes']:.1f})"
 
 
 def format_table(rows, skipped):
@@ -410,9 +420,13 @@ def format_table(rows, skipped):
             lines.append(" ".join(c.rjust(w) if i > 2 else c.ljust(w)
                                   for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS))))
             for note in r.get("notes", []):
-                lines.append(f"    note: {note}")
+                if not note.startswith("reference skipped"):  # said once, below the table
+                    lines.append(f"    note: {note}")
     for dev, spec, shape, dtype, why in skipped:
         lines.append(f"skipped: {dev} {spec.label} {shape[0]}x{shape[1]} {dtype}: {why}")
+    if any(n.startswith("reference skipped") for r in rows for n in r.get("notes", [])):
+        lines.append("ref ms '-': the pure-PyTorch fallback is not timed above 2^22 elements "
+                     "(--reference on to time it).")
     lines.append("ms: median over interleaved repeats ±IQR/median. x: fused speedup. GB/s: bytes a "
                  "fused fwd+bwd must move / fused time. /floor: fused ms / torch.add(x, y) ms. "
                  "peak: extra MiB during one fwd+bwd (in N x C buffers). err: max |fused - native|.")
@@ -438,7 +452,10 @@ def plot(rows, path):
     ax1.legend()
     ax1.set_xticks(list(xs), labels, fontsize=7)
     w = 0.27
-    for i, (impl, off) in enumerate((("native", -w), ("compiled", 0.0), ("fused", w))):
+    impls = [i for i in ("native", "compiled", "fused") if any(i in r["peak_buffers"] for r in rows)]
+    w = 0.8 / max(1, len(impls))
+    for k, impl in enumerate(impls):
+        off = (k - (len(impls) - 1) / 2) * w
         ax2.bar([x + off for x in xs], [r["peak_buffers"].get(impl, 0) for r in rows], w,
                 label=impl)
     ax2.axhline(1.0, color="k", lw=0.8, ls="--")
