@@ -35,6 +35,8 @@ QUICK_CONFIGS = [((256, 4096), "float32")]
 # this many N*P*C element-visits are skipped unless --force (1024x32768 at 256 positives would take
 # over a minute per call).
 MARGIN_MAX_WORK = 1 << 28
+# --quick cuts the rows of margin cases to stay under this N*P*C (256 positives: 64x4096).
+QUICK_MARGIN_WORK = 1 << 26
 # torch.compile of native margin: Inductor uses the multilabel_margin_loss_forward decomposition,
 # which broadcasts (K target slots) x N x C, and native's target is (N, C), so K = C: O(N * C * C)
 # work and, unless fused, memory (16 GiB at 256x4096). Skipped above this N*C*C unless --force.
@@ -280,6 +282,10 @@ def plan(args):
                       and shape[0] * shape[1] * spec.positives > MARGIN_MAX_WORK):
                     skip = ("native is O(N*P*C): too slow for the default run (--force to run it; "
                             "or a smaller --shapes)")
+                if (skip is None and args.quick and not args.shapes and spec.positives
+                        and shape[0] * shape[1] * spec.positives > QUICK_MARGIN_WORK):
+                    # --quick keeps native margin to ~0.2 s a call: fewer rows, same C and P.
+                    shape = (max(1, QUICK_MARGIN_WORK // (shape[1] * spec.positives)), shape[1])
                 out.append((device, spec, shape, dtype, skip))
     return out
 
