@@ -62,12 +62,17 @@ def _make_bce_autograd(row_mean):
         else:
             input, target, weight, pos_weight, reduction, compute_grad = inputs
         ctx.row_mean, ctx.reduction, ctx.compute_grad = row_mean, reduction, compute_grad
+        # The grad output is never used downstream; materializing its (zero) gradient would cost a
+        # whole extra N x C buffer in backward.
+        ctx.set_materialize_grads(False)
         ctx.scale = grad_scale(input, reduction, row_mean)
         ctx.save_for_backward(output[1], input, target, weight, pos_weight)
 
     def backward(ctx, grad_loss, _unused):
         grad, input, target, weight, pos_weight = ctx.saved_tensors
         n_weights = 1 if row_mean else 2
+        if grad_loss is None:
+            return (None,) * (n_weights + 4)
         if any(ctx.needs_input_grad[2:2 + n_weights]):
             raise RuntimeError("multilabel_cuda: gradients w.r.t. weight/pos_weight are not computed by "
                                "the fused op; multilabel_cuda.functional routes such calls to the "

@@ -22,7 +22,7 @@ struct VecOps {
   static V exp_nonpos(V v) { return v.exp(); }
   static V log1p_unit(V v) { return v.log1p(); }
   static V abs(V v) { return v.abs(); }
-  static V max(V a, V b) { return at::vec::maximum(a, b); }
+  static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }  // max(lo, v): NaN stays
   static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
 };
 
@@ -30,16 +30,16 @@ template <>
 struct VecOps<float> {
   using V = Vectorized<float>;
   static V abs(V v) { return v.abs(); }
-  static V max(V a, V b) { return at::vec::maximum(a, b); }
+  static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }
   static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
 
   // exp(x) for x <= 0 (NaN propagates): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and the
   // classic degree-6 minimax polynomial (Cephes expf). 2^n is applied in two halves so results down
   // in the subnormal range round once instead of flushing to zero.
   static V exp_nonpos(V x) {
-    x = at::vec::maximum(x, V(-104.0f));  // exp(-104) < smallest subnormal; keeps n in range
+    x = at::vec::clamp_min(x, V(-104.0f));  // exp(-104) < smallest subnormal; keeps n in range
     const V n = (x * V(1.44269504088896341f)).round();
-    const V r = x - n * V(0.693359375f) - n * V(-2.12194440e-4f);
+    const V r = at::vec::fnmadd(n, V(-2.12194440e-4f), at::vec::fnmadd(n, V(0.693359375f), x));
     V p = V(1.9875691500e-4f);
     p = at::vec::fmadd(p, r, V(1.3981999507e-3f));
     p = at::vec::fmadd(p, r, V(8.3334519073e-3f));

@@ -1,6 +1,6 @@
 // The single source of truth for the BCE-with-logits math (also the soft-margin loss, which is BCE
 // with pos_weight = 1 averaged over classes). `Ops` supplies exp_nonpos (exp on x <= 0), log1p_unit
-// (log1p on [0, 1]), abs, max and where_nonneg for a value type V: a float/double per CUDA thread, or
+// (log1p on [0, 1]), abs, clamp_min (NaN stays NaN) and where_nonneg for a value type V: a float/double per CUDA thread, or
 // an ATen Vectorized<T> on the CPU, so one formula serves both. The narrow domains let the CPU use
 // short polynomials instead of general exp/log1p.
 #pragma once
@@ -17,7 +17,7 @@ template <class Ops, class V>
 ML_HD void bce_elem(V x, V y, V w, V p, V& loss, V& grad) {
   const V one(1), zero(0);
   const V e = Ops::exp_nonpos(zero - Ops::abs(x));
-  const V softplus_neg = Ops::log1p_unit(e) + Ops::max(zero - x, zero);
+  const V softplus_neg = Ops::log1p_unit(e) + Ops::clamp_min(zero - x, zero);
   const V sigmoid = Ops::where_nonneg(x, one, e) / (one + e);  // 1/(1+e) or e/(1+e): no overflow
   const V log_weight = one + (p - one) * y;
   loss = w * ((one - y) * x + log_weight * softplus_neg);

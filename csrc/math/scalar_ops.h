@@ -11,7 +11,7 @@ struct ScalarOps {
   static ML_HD T exp_nonpos(T v) { using std::exp; return exp(v); }
   static ML_HD T log1p_unit(T v) { using std::log1p; return log1p(v); }
   static ML_HD T abs(T v) { using std::fabs; return fabs(v); }
-  static ML_HD T max(T a, T b) { return a > b ? a : b; }
+  static ML_HD T clamp_min(T v, T lo) { return v < lo ? lo : v; }  // NaN stays NaN
   static ML_HD T where_nonneg(T x, T a, T b) { return x >= T(0) ? a : b; }
 };
 
