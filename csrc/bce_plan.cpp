@@ -21,6 +21,28 @@ at::Tensor as_rows(const at::Tensor& t, at::IntArrayRef shape, int64_t rows, int
   return v;
 }
 
+// Column stride of `v` (rows, cols) read as one long row, or -1 when its rows are not evenly spaced.
+int64_t flat_col_stride(const at::Tensor& v) {
+  const int64_t cols = v.size(1), rs = v.stride(0), cs = cols == 1 ? rs : v.stride(1);
+  return (cs == 0 || cs == 1) && rs == cs * cols ? cs : -1;
+}
+
+// Elementwise BCE does not care where rows end: when every operand allows it, treat (rows, cols) as
+// one row of rows*cols, so (N, 1) binary logits or short class dims split into long chunks instead
+// of paying per-row setup (and a partial sum) for every few elements.
+void flatten_rows(BcePlan& plan) {
+  at::Tensor* operands[] = {&plan.input, &plan.target, &plan.weight, &plan.pos_weight};
+  for (at::Tensor* t : operands) {
+    if (t->defined() && flat_col_stride(*t) < 0) return;
+  }
+  const int64_t n = plan.rows * plan.cols;
+  for (at::Tensor* t : operands) {
+    if (t->defined()) *t = t->as_strided({1, n}, {0, flat_col_stride(*t)});
+  }
+  plan.rows = 1;
+  plan.cols = n;
+}
+
 void check_operand(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input,
                    bool same_shape) {
   TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
@@ -64,6 +86,8 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
   if (weight) plan.weight = as_rows(*weight, shape, plan.rows, plan.cols, true);
   if (pos_weight) plan.pos_weight = as_rows(*pos_weight, shape, plan.rows, plan.cols, true);
 
+  if (!row_mean && plan.rows > 1 && plan.rows * plan.cols > 0) flatten_rows(plan);
+
   const auto opts = input.options();
   if (reduction != kNone) {
     plan.loss = at::empty({}, opts);
@@ -73,7 +97,7 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
     plan.loss = at::empty(shape, opts);
   }
   plan.grad = compute_grad ? at::empty({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
-  double scale = row_mean ? 1.0 / static_cast<double>(plan.cols) : 1.0;
+  double scale = row_mean ? 1.0 / static_cast<double>(plan.cols) : 1.0;  // row_mean never flattens
   if (reduction == kMean && plan.mean_count() > 0) scale /= static_cast<double>(plan.mean_count());
   plan.grad_scale = scale;
   return plan;

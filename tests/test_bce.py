@@ -10,7 +10,8 @@ import multilabel_cuda.functional as MF
 from conftest import tol
 
 REDUCTIONS = ["none", "mean", "sum"]
-SHAPES = [(), (1,), (7,), (1, 1), (4, 7), (3, 33), (2, 3, 17), (5, 1), (0, 5), (5, 0), (2, 40000)]
+SHAPES = [(), (1,), (7,), (1, 1), (4, 7), (3, 33), (2, 3, 17), (5, 1), (3000, 1), (50, 4, 3),
+          (0, 5), (5, 0), (2, 40000)]
 
 
 def _weight(kind, shape, dtype):
