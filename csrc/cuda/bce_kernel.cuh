@@ -17,72 +17,20 @@
 #include "../math/bce.h"
 #include "../math/scalar_ops.h"
 #include "../params.h"
+#include "common.cuh"
 
 // Test-only fault injection (tests/cpp builds variants with these to prove the harness catches
 // the bug); never defined in a real build.
-//   MLC_FAULT_DROP_SYNC: drops the barrier between writing and reading the per-warp partial sums.
+//   MLC_FAULT_DROP_SYNC (common.cuh): drops the barrier between writing and reading the per-warp partial sums.
 //   MLC_FAULT_TAIL_OVERRUN: the vector loop also covers the partial vector at the end of a segment.
 
 namespace mlc::cuda {
-
-template <class T>
-struct AccType { using type = float; };  // half, bfloat16 and float accumulate in fp32
-template <>
-struct AccType<double> { using type = double; };
-template <class T>
-using acc_t = typename AccType<T>::type;
-
-// One 128-bit access worth of T (16 / sizeof(T) elements): nvcc emits ld/st.global.v4 for it.
-template <class T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-constexpr int kWarp = 32;
-constexpr int kMaxWarps = 32;
 
 enum BceMode : int {
   kElementwise = 0,  // BCE 'none': loss written per element, no sums
   kBlockSum = 1,     // 'mean' / 'sum': one partial per block, then bce_sum_partials_kernel
   kTileSum = 2,      // soft margin 'none': one partial per tile, then bce_row_sums_kernel
 };
-
-template <class A>
-__device__ __forceinline__ A warp_reduce_sum(A v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// Sum over the block, valid in thread 0. blockDim.x must be a multiple of 32 (<= 1024) and every
-// thread of the block must call it (it contains barriers).
-template <class A>
-__device__ __forceinline__ A block_reduce_sum(A v) {
-  __shared__ A warp_sums[kMaxWarps];
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int warps = blockDim.x / kWarp;
-  v = warp_reduce_sum(v);
-  __syncthreads();  // warp 0 may still be reading warp_sums from the previous call
-  if (lane == 0) warp_sums[warp] = v;
-#if !defined(MLC_FAULT_DROP_SYNC)
-  __syncthreads();
-#endif
-  if (warp == 0) v = warp_reduce_sum(lane < warps ? warp_sums[lane] : A(0));
-  return v;
-}
-
-template <class T>
-__device__ __forceinline__ bool aligned16(const T* p) {
-  return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;
-}
-
-template <class T, class A>
-__device__ __forceinline__ T from_acc(A v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return v;
-  } else {
-    return T(static_cast<float>(v));
-  }
-}
 
 // Row pointers of one tile, already offset to its first column.
 template <class T>
