@@ -221,6 +221,8 @@ void run_case(const Case& k, uint64_t seed) {
   }
 }
 
+// small (sanitizer builds): every shape for float, a few for the 2-byte types, and the weight x
+// pos_weight pairs on the diagonal only; one OS thread per CUDA thread is slow under TSan.
 template <class T>
 void run_all(bool small, uint64_t& seed) {
   struct Shape { int64_t rows, cols, tile_cols, pad; };
@@ -230,6 +232,8 @@ void run_all(bool small, uint64_t& seed) {
   if (!small) {
     shapes.push_back({4, 1500, 0, 0});  // > one default tile per row (block 64)
     shapes.push_back({2, 333, 40, 1});
+  } else if (!std::is_same_v<T, float>) {
+    shapes = {{1, 31, 0, 0}, {3, 33, 0, 0}, {5, 200, 0, 3}, {1, 1000, 64, 0}};
   }
   int i = 0;
   for (const Shape& sh : shapes)
@@ -246,7 +250,7 @@ void run_all(bool small, uint64_t& seed) {
         k.pwmode = (i / kWModes + i) % kWModes;
         k.offset = (i / 2) % 3;
         k.grad = i % 7 != 3;
-        k.max_grid = (i % 3 == 0) ? 1 : 3;
+        k.max_grid = (i % 3 == 0) ? 1 : (small ? 2 : 3);
         k.repeat = i % 5 == 0;
         ++i;
         run_case<T>(k, seed++);
@@ -254,6 +258,7 @@ void run_all(bool small, uint64_t& seed) {
   if (std::is_same_v<T, float>) {  // every weight x pos_weight broadcast pair, aligned and not
     for (int wm = 0; wm < kWModes; ++wm)
       for (int pm = 0; pm < kWModes; ++pm) {
+        if (small && pm != wm && pm != (wm + 1) % kWModes) continue;
         Case k;
         k.rows = 3;
         k.cols = small ? 36 : 70;
@@ -340,8 +345,8 @@ int main(int argc, char** argv) {
   const bool small = mode == "small";
   selftest();
   run_all<float>(small, seed);
-  run_all<double>(small, seed);
-  run_all<Half>(small, seed);
+  if (!small) run_all<double>(small, seed);
+  if (!small) run_all<Half>(small, seed);
   run_all<BF16>(small, seed);
   return emu::finish(small ? "test_bce_emu small" : "test_bce_emu full");
 }
