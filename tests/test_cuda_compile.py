@@ -45,7 +45,7 @@ def demangle(names):
 
 def ptxas_report(arch, tmp_dir):
     """{mangled kernel name: (registers, spill stores, spill loads, stack bytes)} for one arch."""
-    cmd = [find_nvcc(), "-std=c++17", "-O3", "--expt-relaxed-constexpr", f"-arch={arch}",
+    cmd = [find_nvcc(), "-std=c++20", "-O3", "--expt-relaxed-constexpr", f"-arch={arch}",
            "-Xptxas", "-v", "-c", SOURCE, "-o", os.path.join(tmp_dir, f"k_{arch}.o"),
            "-I", os.path.join(ROOT, "csrc"), "-I", torch_include()]
     proc = subprocess.run(cmd, capture_output=True, text=True)
