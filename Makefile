@@ -7,7 +7,7 @@ export CUDA_HOME
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build venv clean
+.PHONY: test bench build venv clean cpp-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,18 @@ build: venv
 
 test: build
 	$(PY) -m pytest -q tests
+	$(MAKE) cpp-test
+
+# SIMT-emulated CUDA kernels (tests/cpp): plain, ThreadSanitizer and AddressSanitizer builds, and
+# the deliberately broken variants the sanitizers must catch. Needs only a C++20 compiler and CMake.
+CPP_BUILD := build-cmake/emu
+cpp-test:
+	cmake -S . -B $(CPP_BUILD) -DMLC_BUILD_LIBRARY=OFF -DCMAKE_BUILD_TYPE=Release > /dev/null
+	cmake --build $(CPP_BUILD) -j $(MAX_JOBS)
+	cd $(CPP_BUILD) && ctest --output-on-failure -j $(MAX_JOBS)
 
 bench: build
 	$(PY) -m bench.compare
 
 clean:
-	rm -rf build $(VENV) multilabel_cuda/_C*.so *.egg-info
+	rm -rf build build-cmake $(VENV) multilabel_cuda/_C*.so *.egg-info

@@ -1,0 +1,87 @@
+// CUDA binding of the fused BCE-with-logits / multilabel-soft-margin kernels (bce_kernel.cuh):
+// tensors -> BceParams, device guard, current stream, dtype dispatch, launch checks.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "../bce_plan.h"
+#include "bce_kernel.cuh"
+
+namespace mlc::cuda {
+namespace {
+
+constexpr int kBlock = 256;
+constexpr int kBlocksPerSm = 8;  // enough resident warps to cover DRAM latency
+
+int64_t max_grid(c10::DeviceIndex device) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return static_cast<int64_t>(sms) * kBlocksPerSm;
+}
+
+template <class T>
+void bce_cuda_impl(BcePlan& plan) {
+  using A = acc_t<T>;
+  const BceParams<T> p = plan.params<T>();
+  const c10::DeviceIndex device = plan.input.device().index();
+  const BceLaunchShape s = bce_launch_shape(p.rows, p.cols, sizeof(T), plan.reduction,
+                                            plan.row_mean, kBlock, max_grid(device));
+  at::Tensor partial = at::empty({s.partials}, plan.input.options().dtype(
+                                                   c10::CppTypeToScalarType<A>::value));
+  T* out = plan.loss.mutable_data_ptr<T>();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+  bce_run(p, s, partial.mutable_data_ptr<A>(), out,
+          [&](auto kernel, int64_t grid, int block, auto... args) {
+            kernel<<<static_cast<unsigned>(grid), block, 0, stream>>>(args...);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
+}
+
+std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& input,
+                                       const at::Tensor& target,
+                                       const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& pos_weight,
+                                       int64_t reduction, bool compute_grad, bool row_mean) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  BcePlan plan = make_bce_plan(op, input, target, weight, pos_weight, reduction, compute_grad,
+                               row_mean);
+  if (plan.rows * plan.cols == 0) {  // nothing to launch; reduced values as the CPU kernel gives
+    if (plan.loss.numel() > 0) {
+      double v = 0.0;
+      if (row_mean) v /= static_cast<double>(plan.cols);
+      if (reduction == kMean) v /= static_cast<double>(plan.mean_count());
+      plan.loss.fill_(v);
+    }
+    return bce_outputs(plan, input);
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bce_cuda",
+                                  [&] { bce_cuda_impl<scalar_t>(plan); });
+  return bce_outputs(plan, input);
+}
+
+std::tuple<at::Tensor, at::Tensor> bce_with_logits_cuda(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& pos_weight, int64_t reduction, bool compute_grad) {
+  return run("binary_cross_entropy_with_logits", input, target, weight, pos_weight, reduction,
+             compute_grad, false);
+}
+
+std::tuple<at::Tensor, at::Tensor> multilabel_soft_margin_cuda(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    int64_t reduction, bool compute_grad) {
+  return run("multilabel_soft_margin_loss", input, target, weight, std::nullopt, reduction,
+             compute_grad, true);
+}
+
+}  // namespace
+}  // namespace mlc::cuda
+
+TORCH_LIBRARY_IMPL(multilabel_cuda, CUDA, m) {
+  m.impl("bce_with_logits", &mlc::cuda::bce_with_logits_cuda);
+  m.impl("multilabel_soft_margin", &mlc::cuda::multilabel_soft_margin_cuda);
+}

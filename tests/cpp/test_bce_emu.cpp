@@ -1,0 +1,352 @@
+// SIMT-emulated runs of csrc/cuda/bce_kernel.cuh (the real CUDA kernels, compiled by the host
+// compiler through simt_emu.h) against a double-precision reference from csrc/math/bce.h.
+//   test_bce_emu [full|small|fault-sync|fault-tail]
+// small: fewer cases for the sanitizer builds. fault-*: one case meant for the builds with
+// MLC_FAULT_* defined; CTest expects the sanitizer report there (see CMakeLists.txt).
+#include "simt_emu.h"  // first: defines the CUDA keywords for the kernel header
+
+#include <cuda/bce_kernel.cuh>
+
+#include <cinttypes>
+#include <vector>
+
+#include "emu_check.h"
+
+namespace {
+
+using mlc::BceParams;
+using mlc::cuda::acc_t;
+using emu::BF16;
+using emu::Half;
+
+// Operand broadcast modes of weight / pos_weight: how BcePlan views them as (rows, cols).
+enum WMode { kNoW = 0, kFull, kPerCol, kPerRow, kScalar, kWModes };
+const char* wmode_name(int m) {
+  static const char* n[] = {"none", "full", "per-col", "per-row", "scalar"};
+  return n[m];
+}
+
+struct Case {
+  int64_t rows = 1, cols = 1;
+  int wmode = kNoW, pwmode = kNoW;
+  int reduction = mlc::kMean;
+  bool row_mean = false;      // soft margin
+  int offset = 0;             // 0: aligned, 1: every pointer +1 element, 2: target only +1
+  int64_t pad = 0;            // input/target row stride = cols + pad
+  bool grad = true;
+  int block = 64;
+  int64_t tile_cols = 0;      // 0: the launcher's default
+  int64_t max_grid = 4;
+  bool repeat = false;        // also check bitwise determinism
+};
+
+struct Operand {
+  std::vector<double> host;  // generated values
+  int64_t row_stride = 0, col_stride = 0;
+};
+
+Operand make_weight(int mode, int64_t rows, int64_t cols, emu::Rng& rng, double lo, double hi) {
+  Operand o;
+  int64_t n = 0;
+  switch (mode) {
+    case kFull: n = rows * cols; o.row_stride = cols; o.col_stride = 1; break;
+    case kPerCol: n = cols; o.row_stride = 0; o.col_stride = 1; break;
+    case kPerRow: n = rows; o.row_stride = 1; o.col_stride = 0; break;
+    case kScalar: n = 1; break;
+    default: return o;
+  }
+  for (int64_t i = 0; i < n; ++i) o.host.push_back(rng.uniform(lo, hi));
+  return o;
+}
+
+template <class T>
+std::vector<T> to_buffer(const std::vector<double>& v, int offset) {
+  std::vector<T> b(v.size() + offset, T(0.0f));
+  for (size_t i = 0; i < v.size(); ++i) b[i + offset] = T(static_cast<float>(v[i]));
+  if constexpr (std::is_same_v<T, double>) {
+    for (size_t i = 0; i < v.size(); ++i) b[i + offset] = v[i];
+  }
+  return b;
+}
+
+template <class T>
+double as_double(T v) {
+  return static_cast<double>(static_cast<std::conditional_t<std::is_same_v<T, double>, double, float>>(v));
+}
+
+// got (a T) against the exact value: a value beyond T's range must come out as inf of the same
+// sign (e.g. a half 'sum' over large losses), anything else within the tolerances.
+template <class T>
+bool matches(double got, double want, double rtol, double atol) {
+  if constexpr (!std::is_same_v<T, double>) {
+    const double rounded = as_double(T(static_cast<float>(want)));
+    if (std::isinf(rounded)) return got == rounded;
+  }
+  return emu::close(got, want, rtol, atol);
+}
+
+auto emu_launch = [](auto kernel, int64_t grid, int block, auto... args) {
+  simt::launch(dim3(static_cast<unsigned>(grid)), dim3(static_cast<unsigned>(block)), 0, kernel,
+               args...);
+};
+
+template <class T>
+void run_case(const Case& k, uint64_t seed) {
+  using A = acc_t<T>;
+  emu::Rng rng(seed);
+  const int64_t R = k.rows, C = k.cols, S = C + k.pad;
+  const int off = k.offset == 1 ? 1 : 0, toff = k.offset != 0 ? 1 : 0;
+  // Inputs: mostly moderate logits, a few extremes with hard targets (exact cancellation cases).
+  std::vector<double> x(R > 0 ? (R - 1) * S + C : 0, 0.0), y(x.size(), 0.0);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      const double u = rng.uniform();
+      const int64_t i = r * S + c;
+      if (u < 0.03) {
+        x[i] = rng.uniform() < 0.5 ? -1e4 : 1e4;
+        y[i] = rng.uniform() < 0.5 ? 0.0 : 1.0;
+      } else if (u < 0.06) {
+        x[i] = rng.uniform() < 0.5 ? -30.0 : 30.0;
+        y[i] = rng.uniform() < 0.5 ? 0.0 : 1.0;
+      } else {
+        x[i] = rng.uniform(-8, 8);
+        y[i] = rng.uniform();
+      }
+    }
+  const Operand w = make_weight(k.wmode, R, C, rng, 0.5, 2.0);
+  const Operand pw = make_weight(k.row_mean ? kNoW : k.pwmode, R, C, rng, 0.5, 3.0);
+  // Round the inputs to T first, so the reference sees exactly what the kernel sees.
+  std::vector<T> xb = to_buffer<T>(x, off), yb = to_buffer<T>(y, toff);
+  std::vector<T> wb = to_buffer<T>(w.host, off), pwb = to_buffer<T>(pw.host, off);
+
+  BceParams<T> p;
+  p.rows = R;
+  p.cols = C;
+  p.input = xb.data() + off;
+  p.target = yb.data() + toff;
+  p.input_row_stride = p.target_row_stride = S;
+  if (!w.host.empty()) {
+    p.weight = wb.data() + off;
+    p.weight_row_stride = w.row_stride;
+    p.weight_col_stride = w.col_stride;
+  }
+  if (!pw.host.empty()) {
+    p.pos_weight = pwb.data() + off;
+    p.pos_weight_row_stride = pw.row_stride;
+    p.pos_weight_col_stride = pw.col_stride;
+  }
+  // Output buffers sized exactly (plus the offset), so AddressSanitizer sees any overrun.
+  std::vector<T> grad(k.grad ? R * C + off : 0, T(-777.0f)), loss;
+  const bool elementwise = k.reduction == mlc::kNone && !k.row_mean;
+  if (elementwise) loss.assign(R * C + off, T(-777.0f));
+  if (k.grad && R * C > 0) p.grad = grad.data() + off;
+  if (elementwise && R * C > 0) p.loss = loss.data() + off;
+  double grad_scale = k.row_mean ? 1.0 / C : 1.0;
+  if (k.reduction == mlc::kMean && R * C > 0) grad_scale /= k.row_mean ? R : R * C;
+  p.grad_scale = grad_scale;
+
+  const mlc::cuda::BceLaunchShape s = mlc::cuda::bce_launch_shape(
+      R, C, sizeof(T), k.reduction, k.row_mean, k.block, k.max_grid, k.tile_cols);
+  std::vector<A> partial(s.partials);
+  std::vector<T> out(k.row_mean && k.reduction == mlc::kNone ? R : 1, T(-777.0f));
+  mlc::cuda::bce_run(p, s, partial.data(), out.data(), emu_launch);
+
+  // Reference, in double from the T-rounded operands.
+  const double tol = emu::tolerance<T>();
+  std::vector<double> row_sum(R, 0.0), row_mag(R, 0.0);
+  char where[256];
+  std::snprintf(where, sizeof where,
+                "%s %s R=%" PRId64 " C=%" PRId64 " w=%s pw=%s red=%d off=%d pad=%" PRId64
+                " block=%d tile=%" PRId64,
+                emu::type_name<T>(), k.row_mean ? "soft_margin" : "bce", R, C, wmode_name(k.wmode),
+                wmode_name(k.pwmode), k.reduction, k.offset, k.pad, k.block, s.tile_cols);
+  int bad = 0;
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      const double xv = as_double(xb[off + r * S + c]), yv = as_double(yb[toff + r * S + c]);
+      const double wv = p.weight ? as_double(p.weight[r * w.row_stride + c * w.col_stride]) : 1.0;
+      const double pv =
+          p.pos_weight ? as_double(p.pos_weight[r * pw.row_stride + c * pw.col_stride]) : 1.0;
+      double l, g;
+      mlc::math::bce_elem<mlc::math::ScalarOps<double>>(xv, yv, wv, pv, l, g);
+      // Size of the terms the formula adds: the scale of the rounding error of an fp32 evaluation.
+      const double lw = 1 + (pv - 1) * yv;
+      const double lmag = std::fabs(wv) * (std::fabs((1 - yv) * xv) + std::fabs(lw) * (std::fabs(xv) + 1));
+      const double gmag = std::fabs(wv) * (std::fabs(lw) + std::fabs(pv * yv));
+      row_sum[r] += l;
+      row_mag[r] += lmag;
+      if (k.grad) {
+        const double got = as_double(grad[off + r * C + c]), want = g * grad_scale;
+        if (!matches<T>(got, want, tol, 8 * tol * gmag * grad_scale) && bad++ < 3)
+          EMU_CHECK(false, "%s grad[%" PRId64 ",%" PRId64 "] = %.9g, want %.9g", where, r, c, got, want);
+      }
+      if (elementwise) {
+        const double got = as_double(loss[off + r * C + c]);
+        if (!matches<T>(got, l, tol, 8 * tol * lmag) && bad++ < 3)
+          EMU_CHECK(false, "%s loss[%" PRId64 ",%" PRId64 "] = %.9g, want %.9g", where, r, c, got, l);
+      }
+    }
+  EMU_CHECK(bad == 0, "%s: %d elementwise mismatches", where, bad);
+  // Accumulation in fp32 over many terms: allow sqrt-ish growth through a generous factor.
+  const double sum_tol = std::is_same_v<T, double> ? 1e-12 : 2e-5;
+  if (k.reduction == mlc::kNone && k.row_mean) {
+    for (int64_t r = 0; r < R; ++r) {
+      const double got = as_double(out[r]), want = row_sum[r] / C;
+      EMU_CHECK(matches<T>(got, want, tol, sum_tol * row_mag[r] / C), "%s row %" PRId64 ": %.9g, want %.9g",
+                where, r, got, want);
+    }
+  } else if (k.reduction != mlc::kNone) {
+    double total = 0, mag = 0;
+    for (int64_t r = 0; r < R; ++r) total += row_sum[r], mag += row_mag[r];
+    if (k.row_mean) total /= C, mag /= C;
+    if (k.reduction == mlc::kMean) {
+      const double n = k.row_mean ? R : R * C;
+      total /= n;
+      mag /= n;
+    }
+    const double got = as_double(out[0]);
+    EMU_CHECK(matches<T>(got, total, tol, sum_tol * mag), "%s total %.12g, want %.12g", where, got,
+              total);
+  }
+  if (k.repeat) {  // same inputs, same grid: bitwise the same outputs
+    std::vector<T> out2(out.size(), T(-777.0f)), grad2(grad.size(), T(-777.0f));
+    BceParams<T> p2 = p;
+    if (p.grad) p2.grad = grad2.data() + off;
+    std::vector<T> grad1 = grad;
+    mlc::cuda::bce_run(p2, s, partial.data(), out2.data(), emu_launch);
+    EMU_CHECK(std::memcmp(out.data(), out2.data(), out.size() * sizeof(T)) == 0 &&
+                  (!p.grad || std::memcmp(grad1.data() + off, grad2.data() + off,
+                                          (grad.size() - off) * sizeof(T)) == 0),
+              "%s: second run differs", where);
+  }
+}
+
+// small (sanitizer builds): every shape for float, a few for the 2-byte types, and the weight x
+// pos_weight pairs on the diagonal only; one OS thread per CUDA thread is slow under TSan.
+template <class T>
+void run_all(bool small, uint64_t& seed) {
+  struct Shape { int64_t rows, cols, tile_cols, pad; };
+  std::vector<Shape> shapes = {
+      {1, 1, 0, 0},  {1, 31, 0, 0},   {3, 33, 0, 0},  {2, 64, 0, 0},
+      {5, 200, 0, 3}, {1, 1000, 64, 0}, {17, 8, 0, 0}, {0, 5, 0, 0}, {3, 0, 0, 0}};
+  if (!small) {
+    shapes.push_back({4, 1500, 0, 0});  // > one default tile per row (block 64)
+    shapes.push_back({2, 333, 40, 1});
+  } else if (!std::is_same_v<T, float>) {
+    shapes = {{1, 31, 0, 0}, {3, 33, 0, 0}, {5, 200, 0, 3}, {1, 1000, 64, 0}};
+  }
+  int i = 0;
+  for (const Shape& sh : shapes)
+    for (int red : {mlc::kNone, mlc::kMean, mlc::kSum})
+      for (bool row_mean : {false, true}) {
+        Case k;
+        k.rows = sh.rows;
+        k.cols = sh.cols;
+        k.tile_cols = sh.tile_cols;
+        k.pad = sh.pad;
+        k.reduction = red;
+        k.row_mean = row_mean;
+        k.wmode = i % kWModes;
+        k.pwmode = (i / kWModes + i) % kWModes;
+        k.offset = (i / 2) % 3;
+        k.grad = i % 7 != 3;
+        k.max_grid = (i % 3 == 0) ? 1 : (small ? 2 : 3);
+        k.repeat = i % 5 == 0;
+        ++i;
+        run_case<T>(k, seed++);
+      }
+  if (std::is_same_v<T, float>) {  // every weight x pos_weight broadcast pair, aligned and not
+    for (int wm = 0; wm < kWModes; ++wm)
+      for (int pm = 0; pm < kWModes; ++pm) {
+        if (small && pm != wm && pm != (wm + 1) % kWModes) continue;
+        Case k;
+        k.rows = 3;
+        k.cols = small ? 36 : 70;
+        k.wmode = wm;
+        k.pwmode = pm;
+        k.reduction = mlc::kSum;
+        k.offset = (wm + pm) % 2;
+        run_case<T>(k, seed++);
+      }
+    if (!small) {  // block sizes: one warp, and the launcher's 256
+      for (int block : {32, 256}) {
+        Case k;
+        k.rows = 3;
+        k.cols = 2100;
+        k.block = block;
+        k.reduction = mlc::kMean;
+        k.wmode = kPerCol;
+        run_case<T>(k, seed++);
+        k.row_mean = true;
+        k.reduction = mlc::kNone;
+        run_case<T>(k, seed++);
+      }
+    }
+  }
+}
+
+// The harness's own constructs on a kernel written for them: dynamic shared memory, barriers,
+// __shfl_xor_sync and atomicAdd.
+__global__ void emu_selftest_kernel(const float* in, float* out, float* total) {
+  float* dyn = mlc_dynamic_smem<float>();
+  const unsigned t = threadIdx.x;
+  dyn[t] = in[blockIdx.x * blockDim.x + t];
+  __syncthreads();
+  float v = dyn[(t + 1) % blockDim.x];
+  for (int m = 16; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
+  out[blockIdx.x * blockDim.x + t] = v;
+  if (t % 32 == 0) atomicAdd(total, v);
+}
+
+void selftest() {
+  const unsigned blocks = 3, threads = 64;
+  std::vector<float> in(blocks * threads), out(in.size());
+  for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<float>(i % 13);
+  float total = 0;
+  simt::launch(dim3(blocks), dim3(threads), threads * sizeof(float), emu_selftest_kernel,
+               static_cast<const float*>(in.data()), out.data(), &total);
+  double want_total = 0;
+  for (unsigned b = 0; b < blocks; ++b)
+    for (unsigned t = 0; t < threads; ++t) {
+      float want = 0;
+      for (unsigned l = 0; l < 32; ++l) want += in[b * threads + ((t / 32 * 32 + l + 1) % threads)];
+      EMU_CHECK(out[b * threads + t] == want, "selftest out[%u,%u] = %g, want %g", b, t,
+                out[b * threads + t], want);
+      if (t % 32 == 0) want_total += want;
+    }
+  EMU_CHECK(total == static_cast<float>(want_total), "selftest total %g, want %g", total, want_total);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "full";
+  uint64_t seed = 1;
+  if (mode == "fault-sync") {  // block sums over several warps, both reduction kernels
+    Case k;
+    k.rows = 6;
+    k.cols = 300;
+    k.block = 128;
+    k.reduction = mlc::kSum;
+    run_case<float>(k, seed++);
+    k.row_mean = true;
+    k.reduction = mlc::kNone;
+    run_case<float>(k, seed++);
+    return emu::finish("test_bce_emu fault-sync");
+  }
+  if (mode == "fault-tail") {  // a single aligned row whose length is not a multiple of 4
+    Case k;
+    k.rows = 1;
+    k.cols = 37;
+    k.reduction = mlc::kNone;
+    run_case<float>(k, seed++);
+    return emu::finish("test_bce_emu fault-tail");
+  }
+  const bool small = mode == "small";
+  selftest();
+  run_all<float>(small, seed);
+  if (!small) run_all<double>(small, seed);
+  if (!small) run_all<Half>(small, seed);
+  run_all<BF16>(small, seed);
+  return emu::finish(small ? "test_bce_emu small" : "test_bce_emu full");
+}

@@ -1,0 +1,25 @@
+// Explicit instantiations of every kernel of csrc/cuda/*.cuh with the element types the launchers
+// dispatch to, compiled standalone (no ATen, ~10 s) so that ptxas -v reports registers and spills
+// per kernel: see tests/test_cuda_compile.py.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "cuda/bce_kernel.cuh"
+
+namespace mlc::cuda {
+#define MLC_INSTANTIATE_BCE(T)                                                                   \
+  template __global__ void bce_fused_kernel<T, kElementwise>(const BceParams<T>, const int64_t, \
+                                                             const int64_t, acc_t<T>*);         \
+  template __global__ void bce_fused_kernel<T, kBlockSum>(const BceParams<T>, const int64_t,    \
+                                                          const int64_t, acc_t<T>*);            \
+  template __global__ void bce_fused_kernel<T, kTileSum>(const BceParams<T>, const int64_t,     \
+                                                         const int64_t, acc_t<T>*);             \
+  template __global__ void bce_sum_partials_kernel<T>(const acc_t<T>*, const int64_t,           \
+                                                      const double, T*);                        \
+  template __global__ void bce_row_sums_kernel<T>(const acc_t<T>*, const int64_t, const int64_t, \
+                                                  const double, T*);
+MLC_INSTANTIATE_BCE(float)
+MLC_INSTANTIATE_BCE(double)
+MLC_INSTANTIATE_BCE(c10::Half)
+MLC_INSTANTIATE_BCE(c10::BFloat16)
+}  // namespace mlc::cuda

@@ -1,0 +1,175 @@
+"""The CUDA kernels on a real device: parity with torch.nn.functional, gradcheck, opcheck, CPU-vs-CUDA
+agreement, determinism and empty batches. Skipped without a CUDA device (`pytest -m cuda`)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import multilabel_cuda
+from multilabel_cuda import _backend
+from multilabel_cuda import functional as MF
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.skipif("cuda" not in _backend.KERNEL_DEVICES,
+                       reason="extension built without CUDA kernels"),
+]
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+REDUCTIONS = ["none", "mean", "sum"]
+# (name, weight shape, pos_weight shape) relative to an (N, C) input; None = absent.
+WEIGHTS = [
+    ("none", None, None),
+    ("weight_full", "NC", None),
+    ("weight_col", "C", None),
+    ("weight_row", "N1", None),
+    ("pos_weight", None, "C"),
+    ("both", "C", "C"),
+    ("scalar_weight", "1", "1"),
+]
+SHAPES = [(1, 1), (3, 31), (4, 33), (2, 5000), (257, 40)]
+TOL = {torch.float32: (2e-5, 1e-6), torch.float64: (1e-10, 1e-12),
+       torch.float16: (2e-3, 1e-3), torch.bfloat16: (1.6e-2, 1e-2)}
+
+
+def _shape(spec, n, c):
+    return {"NC": (n, c), "C": (c,), "N1": (n, 1), "1": (1,)}[spec]
+
+
+def _make(n, c, dtype, wspec, pwspec, device="cuda", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, c, generator=g, dtype=torch.float64) * 4).to(device=device, dtype=dtype)
+    y = torch.rand(n, c, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    w = None if wspec is None else (
+        torch.rand(_shape(wspec, n, c), generator=g, dtype=torch.float64) + 0.5).to(device=device, dtype=dtype)
+    pw = None if pwspec is None else (
+        torch.rand(_shape(pwspec, n, c), generator=g, dtype=torch.float64) * 2 + 0.5).to(device=device, dtype=dtype)
+    return x, y, w, pw
+
+
+def _native_fp32(fn, x, *args, **kw):
+    """The native loss and input gradient computed in fp32/fp64 (oracle for the half types)."""
+    up = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xx = x.detach().to(up).requires_grad_(True)
+    args = [a.to(up) if isinstance(a, torch.Tensor) else a for a in args]
+    kw = {k: (v.to(up) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    loss = fn(xx, *args, **kw)
+    (g,) = torch.autograd.grad(loss.sum(), xx)
+    return loss.detach(), g
+
+
+def _ours(fn, x, *args, **kw):
+    xx = x.detach().clone().requires_grad_(True)
+    loss = fn(xx, *args, **kw)
+    (g,) = torch.autograd.grad(loss.sum(), xx)
+    return loss.detach(), g
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weights", WEIGHTS, ids=lambda w: w[0])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_bce_parity(dtype, reduction, weights, shape):
+    _, wspec, pwspec = weights
+    x, y, w, pw = _make(*shape, dtype, wspec, pwspec)
+    want_l, want_g = _native_fp32(F.binary_cross_entropy_with_logits, x, y, weight=w,
+                                  pos_weight=pw, reduction=reduction)
+    got_l, got_g = _ours(MF.binary_cross_entropy_with_logits, x, y, weight=w, pos_weight=pw,
+                         reduction=reduction)
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(got_l.to(want_l.dtype), want_l, rtol=rtol, atol=atol)
+    torch.testing.assert_close(got_g.to(want_g.dtype), want_g, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("wspec", [None, "C", "NC"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_soft_margin_parity(dtype, reduction, wspec, shape):
+    x, y, w, _ = _make(*shape, dtype, wspec, None)
+    y = (y > 0.5).to(dtype)
+    want_l, want_g = _native_fp32(F.multilabel_soft_margin_loss, x, y, weight=w, reduction=reduction)
+    got_l, got_g = _ours(MF.multilabel_soft_margin_loss, x, y, weight=w, reduction=reduction)
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(got_l.to(want_l.dtype), want_l, rtol=rtol, atol=atol)
+    torch.testing.assert_close(got_g.to(want_g.dtype), want_g, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_misaligned_and_strided(offset):
+    base = torch.randn(7 * 41 + offset, device="cuda")
+    x = base[offset:].view(7, 41)
+    y = torch.rand(41, 7, device="cuda").t()  # non-contiguous target
+    for red in REDUCTIONS:
+        want = F.binary_cross_entropy_with_logits(x, y, reduction=red)
+        got = MF.binary_cross_entropy_with_logits(x, y, reduction=red)
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-6)
+
+
+def test_gradcheck_float64():
+    x, y, w, pw = _make(3, 37, torch.float64, "C", "C")
+    x.requires_grad_(True)
+    for red in REDUCTIONS:
+        assert torch.autograd.gradcheck(
+            lambda t: MF.binary_cross_entropy_with_logits(t, y, weight=w, pos_weight=pw, reduction=red), (x,))
+        assert torch.autograd.gradcheck(
+            lambda t: MF.multilabel_soft_margin_loss(t, y, weight=w, reduction=red), (x,))
+
+
+@pytest.mark.parametrize("reduction", [0, 1, 2])
+def test_opcheck(reduction):
+    x, y, w, pw = _make(4, 33, torch.float32, "C", "C")
+    x.requires_grad_(True)
+    torch.library.opcheck(torch.ops.multilabel_cuda.bce_with_logits.default,
+                          (x, y, w, pw, reduction, True))
+    torch.library.opcheck(torch.ops.multilabel_cuda.multilabel_soft_margin.default,
+                          (x, y, w, reduction, True))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpu_cuda_agree(dtype):
+    x, y, w, pw = _make(9, 1000, dtype, "C", "C", device="cpu")
+    for red in (0, 1, 2):
+        cpu = torch.ops.multilabel_cuda.bce_with_logits(x, y, w, pw, red, True)
+        gpu = torch.ops.multilabel_cuda.bce_with_logits(x.cuda(), y.cuda(), w.cuda(), pw.cuda(), red, True)
+        sm_cpu = torch.ops.multilabel_cuda.multilabel_soft_margin(x, y, w, red, True)
+        sm_gpu = torch.ops.multilabel_cuda.multilabel_soft_margin(x.cuda(), y.cuda(), w.cuda(), red, True)
+        rtol, atol = TOL[dtype]
+        for a, b in zip(cpu + sm_cpu, gpu + sm_gpu):
+            torch.testing.assert_close(b.cpu().float(), a.float(), rtol=rtol, atol=atol)
+
+
+def test_deterministic():
+    x, y, w, pw = _make(300, 7000, torch.float32, "C", "C")
+    for red in (0, 1, 2):
+        a = torch.ops.multilabel_cuda.bce_with_logits(x, y, w, pw, red, True)
+        b = torch.ops.multilabel_cuda.bce_with_logits(x, y, w, pw, red, True)
+        c = torch.ops.multilabel_cuda.multilabel_soft_margin(x, y, w, red, True)
+        d = torch.ops.multilabel_cuda.multilabel_soft_margin(x, y, w, red, True)
+        for u, v in zip(a + c, b + d):
+            assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0,)], ids=str)
+def test_empty_batch(shape):
+    x = torch.randn(shape, device="cuda", requires_grad=True)
+    y = torch.rand(shape, device="cuda")
+    for red in REDUCTIONS:
+        got = MF.binary_cross_entropy_with_logits(x, y, reduction=red)
+        want = F.binary_cross_entropy_with_logits(x, y, reduction=red)
+        torch.testing.assert_close(got, want, equal_nan=True)
+        got.sum().backward()
+        assert x.grad.shape == x.shape
+        x.grad = None
+        got = MF.multilabel_soft_margin_loss(x, y, reduction=red)
+        want = F.multilabel_soft_margin_loss(x.detach(), y, reduction=red)
+        torch.testing.assert_close(got, want, equal_nan=True)
+
+
+def test_large_rows_and_extremes():
+    x = torch.tensor([[1e4, -1e4, 30.0, -30.0, 0.0] * 3000], device="cuda")
+    y = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.5] * 3000], device="cuda")
+    for red in REDUCTIONS:
+        torch.testing.assert_close(MF.binary_cross_entropy_with_logits(x, y, reduction=red),
+                                   F.binary_cross_entropy_with_logits(x, y, reduction=red))
+    assert multilabel_cuda.backend() == "extension"
