@@ -30,7 +30,7 @@ constexpr int64_t kGrainElems = 32768;  // below this many scores, threading cos
 //   direct   0.50  0.53  0.70  0.98  1.35  1.62  2.27  2.91  5.46
 //   counting 2.15  2.49  2.68  2.85  2.95  3.00  3.10  3.09  3.42
 // (fp64: crossover ~P=16-24). Counting wins from P ~ 24-32 on, and its cost grows only with log P.
-constexpr int64_t kDirectMaxTargets = 24;
+constexpr int64_t kDirectMaxTargets = 40;
 
 struct MarginVecOps {
   template <class V>
@@ -111,20 +111,22 @@ double counting_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) 
   }
   std::sort(s.sorted.begin(), s.sorted.end(),
             [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (int64_t k = 0; k < n; ++k) s.t[k] = s.sorted[k].first;
-  const int64_t Q = math::margin_merge_thresholds(s.t.data(), n, s.mult.data());
+  A* t = s.t.data() + 1;  // s.t[0] = 0: the sentinel t[-1] of margin_bucket_row
+  for (int64_t k = 0; k < n; ++k) t[k] = s.sorted[k].first;
+  const int64_t Q = math::margin_merge_thresholds(t, n, s.mult.data());
   s.mult_prefix[0] = 0;
   for (int64_t q = 0; q < Q; ++q) s.mult_prefix[q + 1] = s.mult_prefix[q] + s.mult[q];
-  std::fill(s.cnt.begin(), s.cnt.begin() + Q + 1, int64_t(0));
-  std::fill(s.D.begin(), s.D.begin() + Q + 1, 0.0);
-  math::margin_bucket_row<A, T>(s.xs.data(), C, s.t.data(), Q, s.mult_prefix.data(), s.cnt.data(),
+  const int64_t copies = math::kMarginBucketCopies * (Q + 1);
+  std::fill(s.cnt.begin(), s.cnt.begin() + copies, int64_t(0));
+  std::fill(s.D.begin(), s.D.begin() + copies, 0.0);
+  math::margin_bucket_row<A, T>(s.xs.data(), C, t, Q, s.mult_prefix.data(), s.cnt.data(),
                                 s.D.data(), kGrad ? grad : nullptr, scale);
   const double loss =
-      math::margin_suffix_sweep(s.t.data(), s.mult.data(), Q, s.cnt.data(), s.D.data(), s.K.data());
+      math::margin_suffix_sweep(t, s.mult.data(), Q, s.cnt.data(), s.D.data(), s.K.data());
   if constexpr (kGrad) {
     int64_t q = 0;
     for (int64_t k = 0; k < n; ++k) {
-      if (s.sorted[k].first != s.t[q]) ++q;
+      if (s.sorted[k].first != t[q]) ++q;
       T& g = grad[s.sorted[k].second];
       g = static_cast<T>(static_cast<double>(g) - static_cast<double>(s.K[q]) * scale);
     }
@@ -172,11 +174,11 @@ void margin_cpu_impl(MarginPlan& plan) {
     s.thr.resize(K);
     s.tidx.resize(K);
     s.K.resize(K);
-    s.t.resize(K);
+    s.t.assign(K + 1, A(0));
     s.mult.resize(K);
     s.mult_prefix.resize(K + 1);
-    s.cnt.resize(K + 1);
-    s.D.resize(K + 1);
+    s.cnt.resize(math::kMarginBucketCopies * (K + 1));
+    s.D.resize(math::kMarginBucketCopies * (K + 1));
     s.sorted.reserve(K);
     for (int64_t r = r0; r < r1; ++r) {
       row_loss[r] = P.grad ? margin_row<T, true>(P, r, s) : margin_row<T, false>(P, r, s);
