@@ -104,8 +104,10 @@ def _margin_backward(ctx, grad_loss, _unused):
             # create_graph=True: the margin gradient is piecewise constant in input (its derivative
             # is 0 almost everywhere), so the only dependence left is the linear one on grad_loss.
             grad_input = grad.detach() * (grad_loss.unsqueeze(-1) if ctx.row_mean else grad_loss)
-        else:
+        elif type(grad_loss) is torch.Tensor:  # eager: may hand out the saved gradient itself
             grad_input = _scale_by_upstream(ctx, grad, grad_loss)
+        else:  # traced (fake/functional tensors, e.g. opcheck's aot_dispatch): no .item() guard
+            grad_input = grad * (grad_loss.unsqueeze(-1) if ctx.row_mean else grad_loss)
     return (grad_input,) + (None,) * (ctx.n_inputs - 1)
 
 

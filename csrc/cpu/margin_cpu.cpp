@@ -185,7 +185,7 @@ void margin_cpu_impl(MarginPlan& plan) {
     }
   });
   const double cols = static_cast<double>(C);
-  if (P.row_loss) {
+  if (plan.per_row_loss) {  // (not P.row_loss: an empty batch's (0,) loss has no storage)
     for (int64_t r = 0; r < P.rows; ++r) P.row_loss[r] = static_cast<T>(row_loss[r] / cols);
     return;
   }
