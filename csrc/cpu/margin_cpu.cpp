@@ -19,6 +19,10 @@
 #include "../math/margin.h"
 #include "vec_io.h"
 
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
+
 namespace mlc::cpu {
 namespace {
 
@@ -39,6 +43,71 @@ struct MarginVecOps {
   static V keep(V m, V v) { return v & m; }
 };
 
+#if defined(CPU_CAPABILITY_AVX2)
+// AVX2 form of math::margin_bucket_row for float compute (fp32/fp16/bf16 inputs): the same buckets,
+// gradient and (double) bucket sums, with the binary searches done by 8-lane gathers, 4 vectors in
+// flight (a gather's latency is several times its throughput). x is readable (NaN-padded) up to a
+// multiple of 32 columns; t[-1] is a finite sentinel; gtab[b] = mult_prefix[b] * scale; Q < 2^31.
+constexpr int64_t kAvx2Block = 32;
+
+template <class T, bool kGrad>
+void bucket_row_avx2(const float* x, int64_t C, const float* t, int64_t Q, const float* gtab,
+                     int64_t* cnt, double* D, T* grad) {
+  constexpr int kVecs = kAvx2Block / 8;
+  const int64_t stride = Q + 1;
+  alignas(32) int32_t bl[kAvx2Block];
+  alignas(32) double dl[kAvx2Block];
+  for (int64_t i0 = 0; i0 < C; i0 += kAvx2Block) {
+    __m256 xv[kVecs];
+    __m256i pos[kVecs];
+    for (int v = 0; v < kVecs; ++v) {
+      xv[v] = _mm256_loadu_ps(x + i0 + 8 * v);
+      pos[v] = _mm256_setzero_si256();
+    }
+    for (int64_t n = Q; n > 1;) {
+      const int64_t half = n >> 1;
+      const __m256i off = _mm256_set1_epi32(static_cast<int32_t>(half - 1));
+      const __m256i h = _mm256_set1_epi32(static_cast<int32_t>(half));
+      for (int v = 0; v < kVecs; ++v) {
+        const __m256 tv = _mm256_i32gather_ps(t, _mm256_add_epi32(pos[v], off), 4);
+        const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(tv, xv[v], _CMP_LT_OQ));
+        pos[v] = _mm256_add_epi32(pos[v], _mm256_and_si256(lt, h));
+      }
+      n -= half;
+    }
+    for (int v = 0; v < kVecs; ++v) {
+      const __m256 tv = _mm256_i32gather_ps(t, pos[v], 4);
+      const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(tv, xv[v], _CMP_LT_OQ));
+      const __m256i b = _mm256_sub_epi32(pos[v], lt);  // lt is -1 where true
+      const __m256 low = _mm256_i32gather_ps(t - 1, b, 4);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(bl + 8 * v), b);
+      // x - t[b-1] in double, exactly as the scalar form.
+      _mm256_store_pd(dl + 8 * v, _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xv[v])),
+                                               _mm256_cvtps_pd(_mm256_castps256_ps128(low))));
+      _mm256_store_pd(dl + 8 * v + 4,
+                      _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xv[v], 1)),
+                                    _mm256_cvtps_pd(_mm256_extractf128_ps(low, 1))));
+      if constexpr (kGrad) {
+        const int64_t c = i0 + 8 * v;
+        if (c < C) store(grad + c, Vectorized<float>(_mm256_i32gather_ps(gtab, b, 4)), C - c);
+      }
+    }
+    const int m = static_cast<int>(std::min<int64_t>(kAvx2Block, C - i0));
+    for (int k = 0; k < m; ++k) {
+      const int64_t e = (k & (math::kMarginBucketCopies - 1)) * stride + bl[k];
+      ++cnt[e];
+      D[e] += dl[k];  // entry 0 collects garbage (NaN columns), never read
+    }
+  }
+  for (int k = 1; k < math::kMarginBucketCopies; ++k) {
+    for (int64_t b = 1; b <= Q; ++b) {
+      cnt[b] += cnt[k * stride + b];
+      D[b] += D[k * stride + b];
+    }
+  }
+}
+#endif
+
 template <class T>
 struct Scratch {
   using A = opmath_t<T>;
@@ -51,6 +120,7 @@ struct Scratch {
   std::vector<A> t;
   std::vector<int64_t> mult, mult_prefix, cnt;
   std::vector<double> D;
+  std::vector<float> gtab;
 };
 
 template <class T, bool kGrad>
@@ -119,8 +189,21 @@ double counting_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) 
   const int64_t copies = math::kMarginBucketCopies * (Q + 1);
   std::fill(s.cnt.begin(), s.cnt.begin() + copies, int64_t(0));
   std::fill(s.D.begin(), s.D.begin() + copies, 0.0);
-  math::margin_bucket_row<A, T>(s.xs.data(), C, t, Q, s.mult_prefix.data(), s.cnt.data(),
-                                s.D.data(), kGrad ? grad : nullptr, scale);
+  bool bucketed = false;
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<A, float>) {
+    if (Q < (int64_t(1) << 31)) {
+      for (int64_t q = 0; q <= Q; ++q) s.gtab[q] = static_cast<float>(s.mult_prefix[q] * scale);
+      bucket_row_avx2<T, kGrad>(s.xs.data(), C, t, Q, s.gtab.data(), s.cnt.data(), s.D.data(),
+                                grad);
+      bucketed = true;
+    }
+  }
+#endif
+  if (!bucketed) {
+    math::margin_bucket_row<A, T>(s.xs.data(), C, t, Q, s.mult_prefix.data(), s.cnt.data(),
+                                  s.D.data(), kGrad ? grad : nullptr, scale);
+  }
   const double loss =
       math::margin_suffix_sweep(t, s.mult.data(), Q, s.cnt.data(), s.D.data(), s.K.data());
   if constexpr (kGrad) {
@@ -164,7 +247,7 @@ double margin_row(const MarginParams<T>& P, int64_t r, Scratch<T>& s) {
 template <class T>
 void margin_cpu_impl(MarginPlan& plan) {
   using A = opmath_t<T>;
-  constexpr int64_t kPad = 16;  // >= any vector width and margin_bucket_row's batch
+  constexpr int64_t kPad = 32;  // >= any vector width and bucket_row_avx2's block
   const MarginParams<T> P = plan.params<T>();
   const int64_t C = P.cols, K = P.tcols;
   std::vector<double> row_loss(P.rows);
@@ -179,6 +262,7 @@ void margin_cpu_impl(MarginPlan& plan) {
     s.mult_prefix.resize(K + 1);
     s.cnt.resize(math::kMarginBucketCopies * (K + 1));
     s.D.resize(math::kMarginBucketCopies * (K + 1));
+    s.gtab.resize(K + 1);
     s.sorted.reserve(K);
     for (int64_t r = r0; r < r1; ++r) {
       row_loss[r] = P.grad ? margin_row<T, true>(P, r, s) : margin_row<T, false>(P, r, s);
