@@ -28,13 +28,17 @@ namespace {
 
 constexpr int64_t kGrainElems = 32768;  // below this many scores, threading costs more than it saves
 
-// Switch point between the two methods: direct when P <= kDirectMaxTargets. Measured (fwd+bwd,
-// 256 x 4096 fp32, 2 threads, AVX2 Zen 3, ms; see bench note in the commit/report):
-//   P        1     2     4     8    12    16    24    32    64
-//   direct   0.50  0.53  0.70  0.98  1.35  1.62  2.27  2.91  5.46
-//   counting 2.15  2.49  2.68  2.85  2.95  3.00  3.10  3.09  3.42
-// (fp64: crossover ~P=16-24). Counting wins from P ~ 24-32 on, and its cost grows only with log P.
-constexpr int64_t kDirectMaxTargets = 40;
+// Switch point between the two methods: direct when P <= kDirectMaxTargets<A>. Measured with the op
+// alone (loss + gradient), 256 x 4096, random distinct positives, 1 thread (2 threads were too noisy
+// on the shared 2-core Zen 3 build box), min of 11 runs, ms, direct / counting:
+//   P     1         4         8         16        24          32         48         64          128
+//   fp32  1.47/5.43 1.27/5.20 1.80/5.54 2.94/6.15 3.88/6.66   4.66/6.76  6.84/7.57  13.11/12.12 26.4/12.7
+//   fp64  2.24/3.90 2.58/5.09 3.27/6.03 5.04/6.77 10.18/10.49 11.52/8.13 14.01/11.2 20.60/9.35  44.6/17.3
+// (P = 256: fp32 52.0/13.8, fp64 90.4/22.8.) The counting path pays ~3 gathers + a scalar bucket
+// update per column whatever P is, so the crossover is P ~ 48-64 for float compute (fp32, fp16,
+// bf16; AVX2 gathers) and P ~ 24 for fp64 (scalar lock-step searches).
+template <class A>
+constexpr int64_t kDirectMaxTargets = std::is_same_v<A, float> ? 48 : 24;
 
 struct MarginVecOps {
   template <class V>
@@ -239,7 +243,7 @@ double margin_row(const MarginParams<T>& P, int64_t r, Scratch<T>& s) {
   for (int64_t j = 0; j < np; ++j) s.thr[j] = math::margin_threshold<A>(s.xs[s.tidx[j]]);
   for (int64_t j = 0; j < np; ++j) s.xs[s.tidx[j]] = std::numeric_limits<A>::quiet_NaN();
   const bool direct = P.algo == kMarginDirect ||
-                      (P.algo == kMarginAuto && np <= kDirectMaxTargets);
+                      (P.algo == kMarginAuto && np <= kDirectMaxTargets<A>);
   return direct ? direct_row<T, kGrad>(s, C, np, grad, P.grad_scale)
                 : counting_row<T, kGrad>(s, C, np, grad, P.grad_scale);
 }
