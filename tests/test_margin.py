@@ -355,6 +355,13 @@ def test_error_arguments(backend, make_args, msg):
         mc.functional.multilabel_margin_loss(x, y)
 
 
+def test_legacy_size_average_reduce():
+    x, y = make_case("random", 3, 8)
+    with pytest.warns(UserWarning):
+        got = mc.functional.multilabel_margin_loss(x, y, size_average=False)
+    torch.testing.assert_close(got, F.multilabel_margin_loss(x, y, reduction="sum"))
+
+
 def test_error_reduction():
     with pytest.raises(ValueError, match="not a valid value for reduction"):
         mc.functional.multilabel_margin_loss(torch.randn(2, 3), torch.zeros(2, 3, dtype=torch.long),
