@@ -311,6 +311,15 @@ def test_reference_backend_parity(backend, case):
     check(x.half(), y[:, :5], "sum")
 
 
+def test_target_zero_then_padding(backend):
+    # Regression (reference): is_target built with scatter_ let the placeholder 0s of the slots
+    # after the -1 overwrite a real target 0, so class 0 counted as a non-target.
+    x = torch.tensor([[0.5, 0.2, 0.9, -0.3], [0.1, 0.4, 0.3, 0.2]], dtype=torch.float64)
+    y = torch.tensor([[0, -1, 0, 0], [2, 0, -1, 1]])
+    for reduction in REDUCTIONS:
+        check(x, y, reduction)
+
+
 RANGE_MSG = r"multilabel_margin_loss: target index {} out of range \[-1, 5\)"
 
 
