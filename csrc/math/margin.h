@@ -22,20 +22,6 @@ ML_HD A margin_threshold(A x_target) {
   return -(A(1) - x_target);
 }
 
-// Number of elements of the ascending array t[0, n) strictly below x (0 for a NaN x). Branch-free
-// (the loop trip count depends on n only), so a caller can run several searches in lock step.
-template <class A>
-ML_HD int64_t count_below(const A* t, int64_t n, A x) {
-  if (n <= 0) return 0;
-  const A* base = t;
-  while (n > 1) {
-    const int64_t half = n >> 1;
-    base = (base[half - 1] < x) ? base + half : base;
-    n -= half;
-  }
-  return (base - t) + (*base < x ? 1 : 0);
-}
-
 // Direct O(P*C) method for few targets, one block of columns: V is a scalar A (a CUDA thread) or a
 // vector of A (the CPU's Vectorized), Ops supplies gt(x, t) -> mask and keep(mask, v) -> v or 0.
 // thr[0, P) are the thresholds of the target occurrences in order (duplicates and NaNs allowed).
