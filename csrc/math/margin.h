@@ -123,7 +123,8 @@ ML_HD double margin_suffix_sweep(const A* t, const int64_t* mult, int64_t Q, con
   int64_t K_next = 0;
   for (int64_t q = Q - 1; q >= 0; --q) {
     double L = D[q + 1] + L_next;
-    // K_next == 0 guards 0 * inf when t[q+1] = +inf (a target scored -inf... or +inf).
+    // The K_next > 0 test avoids 0 * inf when t[q+1] = +inf (a target scored +inf: no column is
+    // above it); t[q] = -inf with K_next > 0 correctly gives +inf.
     if (K_next > 0) L += static_cast<double>(K_next) *
                          (static_cast<double>(t[q + 1]) - static_cast<double>(t[q]));
     const int64_t Kq = cnt[q + 1] + K_next;
