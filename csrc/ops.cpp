@@ -17,6 +17,10 @@ TORCH_LIBRARY(multilabel_cuda, m) {
         "int reduction, bool compute_grad) -> (Tensor, Tensor)");
   m.def("multilabel_soft_margin(Tensor input, Tensor target, Tensor? weight, int reduction, "
         "bool compute_grad) -> (Tensor, Tensor)");
+  // algo: 0 auto, 1 direct O(P*C), 2 counting O(C log P) (see csrc/cpu/margin_cpu.cpp); the
+  // Python API always passes 0, tests force each method.
+  m.def("multilabel_margin(Tensor input, Tensor target, int reduction, bool compute_grad, "
+        "int algo=0) -> (Tensor, Tensor)");
   // Which CPU vector ISA the library was compiled for ("avx2" or "default"): Python refuses to use
   // an AVX2 build on a CPU without AVX2 instead of crashing on an illegal instruction.
   m.def("cpu_isa() -> str", []() -> std::string {

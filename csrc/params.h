@@ -23,3 +23,24 @@ struct BceParams {
 };
 
 }  // namespace mlc
+
+namespace mlc {
+
+// Which per-row algorithm the margin kernel uses (the schema's hidden `algo` argument).
+enum MarginAlgo : int { kMarginAuto = 0, kMarginDirect = 1, kMarginCounting = 2 };
+
+// Multilabel margin loss over (rows x cols) scores and a (rows x tcols) int64 target, -1 terminated.
+// Columns of input and target are contiguous; rows start at row * row_stride.
+template <class T>
+struct MarginParams {
+  const T* input = nullptr;
+  const int64_t* target = nullptr;
+  int64_t rows = 0, cols = 0, tcols = 0;
+  int64_t input_row_stride = 0, target_row_stride = 0;
+  T* row_loss = nullptr;  // per-row loss / cols (reduction 'none' of an (N, C) input), or null
+  T* grad = nullptr;      // rows x cols contiguous, or null when no gradient is wanted
+  double grad_scale = 1.0;  // 1/cols, or 1/(rows*cols) for 'mean'
+  int algo = kMarginAuto;
+};
+
+}  // namespace mlc

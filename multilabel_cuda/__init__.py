@@ -7,8 +7,8 @@
 from . import functional
 from ._backend import backend, set_backend
 from .functional import LossArgumentError
-from .modules import BCEWithLogitsLoss, MultiLabelSoftMarginLoss
+from .modules import BCEWithLogitsLoss, MultiLabelMarginLoss, MultiLabelSoftMarginLoss
 
 __all__ = ["functional", "backend", "set_backend", "LossArgumentError", "BCEWithLogitsLoss",
-           "MultiLabelSoftMarginLoss"]
+           "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss"]
 __version__ = "0.1.0"

@@ -97,7 +97,42 @@ def _make_bce_autograd(row_mean):
     return setup_context, backward
 
 
+def _margin_setup_context(ctx, inputs, output):
+    input, _target, reduction, compute_grad = inputs[:4]
+    ctx.n_inputs = len(inputs)
+    ctx.reduction, ctx.compute_grad = reduction, compute_grad
+    ctx.row_mean = reduction == NONE and input.dim() == 2  # (N,) loss: upstream broadcasts over C
+    ctx.save_for_backward(output[1])
+
+
+def _margin_backward(ctx, grad_loss, _unused):
+    (grad,) = ctx.saved_tensors
+    grad_input = None
+    if ctx.needs_input_grad[0]:
+        if not ctx.compute_grad:
+            raise RuntimeError("multilabel_cuda: the op ran with compute_grad=False, so it has no "
+                               "input gradient to give")
+        if torch.is_grad_enabled():
+            # create_graph=True: the margin gradient is piecewise constant in input (its derivative
+            # is 0 almost everywhere), so the only dependence left is the linear one on grad_loss.
+            grad_input = grad.detach() * (grad_loss.unsqueeze(-1) if ctx.row_mean else grad_loss)
+        elif type(grad_loss) is torch.Tensor:  # eager: may hand out the saved gradient itself
+            grad_input = _scale_by_upstream(ctx, grad, grad_loss)
+        else:  # traced (fake/functional tensors, e.g. opcheck's aot_dispatch): no .item() guard
+            grad_input = grad * (grad_loss.unsqueeze(-1) if ctx.row_mean else grad_loss)
+    return (grad_input,) + (None,) * (ctx.n_inputs - 1)
+
+
 if AVAILABLE:
+    @torch.library.register_fake("multilabel_cuda::multilabel_margin")
+    def _(input, target, reduction, compute_grad, algo=0):
+        per_row = reduction == NONE and input.dim() == 2
+        loss = input.new_empty(input.shape[:1] if per_row else ())
+        return loss, input.new_empty(input.shape if compute_grad else (0,))
+
+    torch.library.register_autograd("multilabel_cuda::multilabel_margin", _margin_backward,
+                                    setup_context=_margin_setup_context)
+
     @torch.library.register_fake("multilabel_cuda::bce_with_logits")
     def _(input, target, weight, pos_weight, reduction, compute_grad):
         loss = input.new_empty(input.shape if reduction == NONE else ())

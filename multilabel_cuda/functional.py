@@ -112,3 +112,45 @@ def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, r
         return reference.multilabel_soft_margin_loss(input, target, weight, red)
     return torch.ops.multilabel_cuda.multilabel_soft_margin(input, target, weight, red,
                                                             _compute_grad(input))[0]
+
+
+def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    """See torch.nn.functional.multilabel_margin_loss: input (C,) or (N, C) (or a 0-dim input, C = 1),
+    target holds class indices, the positives of a row being those before its first -1;
+    loss = sum_{j in targets} sum_{i not a target} max(0, 1 - x[y_j] + x[i]) / C per row.
+
+    Beyond torch.nn:
+      * compact target: (N, K) for an (N, C) input, (K,) for a (C,) input, any K <= C (K = 0: no
+        positives, loss 0), still cut at the first -1 -- no need to pad the target to C columns;
+      * any integer target dtype (cast to int64); out-of-range indices raise on every device;
+      * an empty batch gives 'sum' = 0 and 'mean' = NaN (native returns uninitialized memory);
+      * float16/bfloat16 are computed in float32; O(C log P) per row for many positives P.
+    """
+    fn = "multilabel_margin_loss"
+    red = _reduction_code(reduction, size_average, reduce)
+    _check_tensor(fn, "input", input)
+    _check_tensor(fn, "target", target)
+    _check_floating(fn, "input", input)
+    if input.dim() > 2:
+        _fail(fn, f"input must be (C,) or (N, C) (or 0-dim), got {input.dim()} dimensions "
+                  f"{tuple(input.shape)}")
+    if input.dim() > 0 and input.size(-1) == 0:
+        _fail(fn, "Expected non-empty vector or matrix with optional 0-dim batch size, but got: "
+                  f"{tuple(input.shape)}")
+    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+        _fail(fn, f"target must be an integer tensor of class indices, got {target.dtype}")
+    target = _same_device(fn, "target", target, input)
+    cols = input.size(-1) if input.dim() > 0 else 1
+    if input.dim() == 2:
+        ok = target.dim() == 2 and target.size(0) == input.size(0) and target.size(1) <= cols
+        expected = f"(N, K) with N = {input.size(0)} and K <= C = {cols}"
+    else:
+        ok = target.dim() <= 1 and target.numel() <= cols
+        expected = f"(K,) with K <= C = {cols}"
+    if not ok:
+        _fail(fn, f"target of shape {tuple(target.shape)} does not fit input of shape "
+                  f"{tuple(input.shape)} (expected {expected})")
+    target = target.to(torch.int64)
+    if not _backend.use_extension(input.device) or _needs_reference():
+        return reference.multilabel_margin_loss(input, target, red)
+    return torch.ops.multilabel_cuda.multilabel_margin(input, target, red, _compute_grad(input))[0]

@@ -20,3 +20,10 @@ class MultiLabelSoftMarginLoss(torch.nn.MultiLabelSoftMarginLoss):
     def forward(self, input, target):
         return F.multilabel_soft_margin_loss(input, target, weight=self.weight,
                                              reduction=self.reduction)
+
+
+class MultiLabelMarginLoss(torch.nn.MultiLabelMarginLoss):
+    __doc__ = torch.nn.MultiLabelMarginLoss.__doc__
+
+    def forward(self, input, target):
+        return F.multilabel_margin_loss(input, target, reduction=self.reduction)

@@ -54,24 +54,39 @@ def bce_grad_target(input, target, weight, pos_weight, scale):
     return (g * scale).expand(target.shape)
 
 
+def check_margin_target(target, cols):
+    """The whole target (also past the first -1) must lie in [-1, cols), as native checks; the same
+    words as the C++ check of the extension (csrc/margin_plan.cpp)."""
+    if target.numel() == 0:
+        return
+    lo, hi = int(target.min()), int(target.max())
+    if lo < -1 or hi >= cols:
+        bad = lo if lo < -1 else hi
+        raise RuntimeError(f"multilabel_margin_loss: target index {bad} out of range [-1, {cols})")
+
+
 def multilabel_margin_loss(input, target, reduction):
-    """input (C,) or (N, C); target int64 (C,)/(N, K) with K <= C, cut at the first -1.
-    Loops over target slots so memory stays O(N*C), not O(N*K*C)."""
-    x = input if input.dim() == 2 else input.reshape(1, -1)
-    t = target.reshape(x.size(0), -1)
+    """input (), (C,) or (N, C); target int64 (), (K,) or (N, K) with K <= C, cut at the first -1.
+    Loops over target slots so memory stays O(N*C), not O(N*K*C). Half types compute in float32,
+    like the kernels; the hinge test is native's (z = 1 - x[y] + x[i] in the compute type, z > 0)."""
+    cols = input.size(-1) if input.dim() > 0 else 1
+    check_margin_target(target, cols)
+    compute = torch.promote_types(input.dtype, torch.float32)
+    x = input.to(compute).reshape(-1, cols)
+    t = target.reshape(x.size(0), target.size(-1) if target.dim() > 0 else 1)
     valid = torch.cumprod((t != -1).to(torch.int64), dim=1).bool()
     idx = torch.where(valid, t, torch.zeros_like(t))
-    is_target = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-    is_target.scatter_(1, idx, valid)
-    row = x.new_zeros(x.size(0), dtype=torch.promote_types(x.dtype, torch.float32))
+    # scatter_add, not scatter_: placeholder 0s of invalid slots must not overwrite a real target 0.
+    hits = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
+    is_target = hits.scatter_add_(1, idx, valid.to(torch.int64)) > 0
+    row = x.new_zeros(x.size(0))
     for k in range(t.size(1)):
         if not bool(valid[:, k].any()):
             break
         z = 1 - x.gather(1, idx[:, k:k + 1]) + x
         keep = (z > 0) & ~is_target & valid[:, k:k + 1]
         row = row + torch.where(keep, z, torch.zeros_like(z)).sum(dim=1)
-    row = (row / x.size(1)).to(x.dtype)
+    row = (row / cols).to(input.dtype)
     if input.dim() < 2:
-        row = row.reshape(())
-        return row if reduction == NONE else _reduce(row, reduction)
+        return row.reshape(())
     return _reduce(row, reduction)

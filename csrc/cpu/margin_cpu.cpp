@@ -1,0 +1,306 @@
+// Fused multilabel margin loss forward + input gradient on the CPU. Rows run in parallel; each row
+// is independent: its scores are copied once into per-thread scratch in the compute type with the
+// targets replaced by NaN (no is_target mask, half types widened once), then either
+//  - direct, O(P*C) vectorized over columns, for few positives P, or
+//  - counting, O(C log P + P log P): sorted thresholds, one binary search per column, suffix sweep.
+// Per-row losses are kept in double and reduced in row order, so results do not depend on threads.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "../margin_plan.h"
+#include "../math/margin.h"
+#include "vec_io.h"
+
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
+
+namespace mlc::cpu {
+namespace {
+
+constexpr int64_t kGrainElems = 32768;  // below this many scores, threading costs more than it saves
+
+// Switch point between the two methods: direct when P <= kDirectMaxTargets<A>. Measured with the op
+// alone (loss + gradient), 256 x 4096, random distinct positives, 1 thread (2 threads were too noisy
+// on the shared 2-core Zen 3 build box), min of 11 runs, ms, direct / counting:
+//   P     1         4         8         16        24          32         48         64          128
+//   fp32  1.47/5.43 1.27/5.20 1.80/5.54 2.94/6.15 3.88/6.66   4.66/6.76  6.84/7.57  13.11/12.12 26.4/12.7
+//   fp64  2.24/3.90 2.58/5.09 3.27/6.03 5.04/6.77 10.18/10.49 11.52/8.13 14.01/11.2 20.60/9.35  44.6/17.3
+// (P = 256: fp32 52.0/13.8, fp64 90.4/22.8.) The counting path pays ~3 gathers + a scalar bucket
+// update per column whatever P is, so the crossover is P ~ 48-64 for float compute (fp32, fp16,
+// bf16; AVX2 gathers) and P ~ 24 for fp64 (scalar lock-step searches).
+template <class A>
+constexpr int64_t kDirectMaxTargets = std::is_same_v<A, float> ? 48 : 24;
+
+struct MarginVecOps {
+  template <class V>
+  static V gt(V x, V t) { return x > t; }  // all-ones lanes where x > t (false for NaN)
+  template <class V>
+  static V keep(V m, V v) { return v & m; }
+};
+
+#if defined(CPU_CAPABILITY_AVX2)
+// AVX2 form of math::margin_bucket_row for float compute (fp32/fp16/bf16 inputs): the same buckets,
+// gradient and (double) bucket sums, with the binary searches done by 8-lane gathers, 4 vectors in
+// flight (a gather's latency is several times its throughput). x is readable (NaN-padded) up to a
+// multiple of 32 columns; t[-1] is a finite sentinel; gtab[b] = mult_prefix[b] * scale; Q < 2^31.
+constexpr int64_t kAvx2Block = 32;
+
+template <class T, bool kGrad>
+void bucket_row_avx2(const float* x, int64_t C, const float* t, int64_t Q, const float* gtab,
+                     int64_t* cnt, double* D, T* grad) {
+  constexpr int kVecs = kAvx2Block / 8;
+  const int64_t stride = Q + 1;
+  alignas(32) int32_t bl[kAvx2Block];
+  alignas(32) double dl[kAvx2Block];
+  for (int64_t i0 = 0; i0 < C; i0 += kAvx2Block) {
+    __m256 xv[kVecs];
+    __m256i pos[kVecs];
+    for (int v = 0; v < kVecs; ++v) {
+      xv[v] = _mm256_loadu_ps(x + i0 + 8 * v);
+      pos[v] = _mm256_setzero_si256();
+    }
+    for (int64_t n = Q; n > 1;) {
+      const int64_t half = n >> 1;
+      const __m256i off = _mm256_set1_epi32(static_cast<int32_t>(half - 1));
+      const __m256i h = _mm256_set1_epi32(static_cast<int32_t>(half));
+      for (int v = 0; v < kVecs; ++v) {
+        const __m256 tv = _mm256_i32gather_ps(t, _mm256_add_epi32(pos[v], off), 4);
+        const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(tv, xv[v], _CMP_LT_OQ));
+        pos[v] = _mm256_add_epi32(pos[v], _mm256_and_si256(lt, h));
+      }
+      n -= half;
+    }
+    for (int v = 0; v < kVecs; ++v) {
+      const __m256 tv = _mm256_i32gather_ps(t, pos[v], 4);
+      const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(tv, xv[v], _CMP_LT_OQ));
+      const __m256i b = _mm256_sub_epi32(pos[v], lt);  // lt is -1 where true
+      const __m256 low = _mm256_i32gather_ps(t - 1, b, 4);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(bl + 8 * v), b);
+      // x - t[b-1] in double, exactly as the scalar form.
+      _mm256_store_pd(dl + 8 * v, _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xv[v])),
+                                               _mm256_cvtps_pd(_mm256_castps256_ps128(low))));
+      _mm256_store_pd(dl + 8 * v + 4,
+                      _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xv[v], 1)),
+                                    _mm256_cvtps_pd(_mm256_extractf128_ps(low, 1))));
+      if constexpr (kGrad) {
+        const int64_t c = i0 + 8 * v;
+        if (c < C) store(grad + c, Vectorized<float>(_mm256_i32gather_ps(gtab, b, 4)), C - c);
+      }
+    }
+    const int m = static_cast<int>(std::min<int64_t>(kAvx2Block, C - i0));
+    for (int k = 0; k < m; ++k) {
+      const int64_t e = (k & (math::kMarginBucketCopies - 1)) * stride + bl[k];
+      ++cnt[e];
+      D[e] += dl[k];  // entry 0 collects garbage (NaN columns), never read
+    }
+  }
+  for (int k = 1; k < math::kMarginBucketCopies; ++k) {
+    for (int64_t b = 1; b <= Q; ++b) {
+      cnt[b] += cnt[k * stride + b];
+      D[b] += D[k * stride + b];
+    }
+  }
+}
+#endif
+
+template <class T>
+struct Scratch {
+  using A = opmath_t<T>;
+  using V = Vectorized<A>;
+  std::vector<A> xs;       // the row in A, targets = NaN, padded with NaN to whole vectors
+  std::vector<A> thr;      // threshold per target occurrence
+  std::vector<int64_t> tidx, K;
+  std::vector<V> kacc;
+  std::vector<std::pair<A, int64_t>> sorted;  // (threshold, target index), NaN thresholds dropped
+  std::vector<A> t;
+  std::vector<int64_t> mult, mult_prefix, cnt;
+  std::vector<double> D;
+  std::vector<float> gtab;
+};
+
+template <class T, bool kGrad>
+double direct_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) {
+  using A = opmath_t<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t L = V::size();
+  // Vector lanes count in A exactly up to 2^24 (float): flush the per-target counts long before.
+  constexpr int64_t kFlushBlocks = int64_t(1) << 20;
+  s.kacc.assign(P, V(A(0)));
+  std::fill(s.K.begin(), s.K.begin() + P, int64_t(0));
+  const V vscale(static_cast<A>(scale));
+  double lane_sums[L] = {};
+  int64_t blocks = 0;
+  const A* thr = s.thr.data();
+  for (int64_t c = 0; c < C; c += L) {
+    const V x = V::loadu(s.xs.data() + c);
+    V count(A(0)), sum(A(0));
+    math::margin_direct_block<MarginVecOps>(x, thr, P, count, sum, s.kacc.data());
+    if constexpr (kGrad) store(grad + c, count * vscale, C - c);
+    A tmp[L];
+    sum.store(tmp);
+    for (int64_t k = 0; k < L; ++k) lane_sums[k] += tmp[k];
+    if (++blocks == kFlushBlocks || c + L >= C) {
+      for (int64_t j = 0; j < P; ++j) {
+        A kt[L];
+        s.kacc[j].store(kt);
+        int64_t k_sum = 0;
+        for (int64_t k = 0; k < L; ++k) k_sum += static_cast<int64_t>(kt[k]);
+        s.K[j] += k_sum;
+        s.kacc[j] = V(A(0));
+      }
+      blocks = 0;
+    }
+  }
+  if constexpr (kGrad) {
+    for (int64_t j = 0; j < P; ++j) {
+      T& g = grad[s.tidx[j]];  // 0 so far: targets are NaN in xs
+      g = static_cast<T>(static_cast<double>(g) - static_cast<double>(s.K[j]) * scale);
+    }
+  }
+  double loss = 0;
+  for (int64_t k = 0; k < L; ++k) loss += lane_sums[k];
+  return loss;
+}
+
+template <class T, bool kGrad>
+double counting_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) {
+  using A = opmath_t<T>;
+  s.sorted.clear();
+  for (int64_t j = 0; j < P; ++j) {
+    if (!std::isnan(s.thr[j])) s.sorted.emplace_back(s.thr[j], s.tidx[j]);
+  }
+  const int64_t n = static_cast<int64_t>(s.sorted.size());
+  if (n == 0) {  // every target scored NaN: nothing is active
+    if constexpr (kGrad) std::fill(grad, grad + C, T(0));
+    return 0.0;
+  }
+  std::sort(s.sorted.begin(), s.sorted.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  A* t = s.t.data() + 1;  // s.t[0] = 0: the sentinel t[-1] of margin_bucket_row
+  for (int64_t k = 0; k < n; ++k) t[k] = s.sorted[k].first;
+  const int64_t Q = math::margin_merge_thresholds(t, n, s.mult.data());
+  s.mult_prefix[0] = 0;
+  for (int64_t q = 0; q < Q; ++q) s.mult_prefix[q + 1] = s.mult_prefix[q] + s.mult[q];
+  const int64_t copies = math::kMarginBucketCopies * (Q + 1);
+  std::fill(s.cnt.begin(), s.cnt.begin() + copies, int64_t(0));
+  std::fill(s.D.begin(), s.D.begin() + copies, 0.0);
+  bool bucketed = false;
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<A, float>) {
+    if (Q < (int64_t(1) << 31)) {
+      for (int64_t q = 0; q <= Q; ++q) s.gtab[q] = static_cast<float>(s.mult_prefix[q] * scale);
+      bucket_row_avx2<T, kGrad>(s.xs.data(), C, t, Q, s.gtab.data(), s.cnt.data(), s.D.data(),
+                                grad);
+      bucketed = true;
+    }
+  }
+#endif
+  if (!bucketed) {
+    math::margin_bucket_row<A, T>(s.xs.data(), C, t, Q, s.mult_prefix.data(), s.cnt.data(),
+                                  s.D.data(), kGrad ? grad : nullptr, scale);
+  }
+  const double loss =
+      math::margin_suffix_sweep(t, s.mult.data(), Q, s.cnt.data(), s.D.data(), s.K.data());
+  if constexpr (kGrad) {
+    int64_t q = 0;
+    for (int64_t k = 0; k < n; ++k) {
+      if (s.sorted[k].first != t[q]) ++q;
+      T& g = grad[s.sorted[k].second];
+      g = static_cast<T>(static_cast<double>(g) - static_cast<double>(s.K[q]) * scale);
+    }
+  }
+  return loss;
+}
+
+// Loss of row r (not divided by cols); writes the row's gradient when kGrad.
+template <class T, bool kGrad>
+double margin_row(const MarginParams<T>& P, int64_t r, Scratch<T>& s) {
+  using A = opmath_t<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t L = V::size();
+  const int64_t C = P.cols;
+  const T* x = P.input + r * P.input_row_stride;
+  T* grad = kGrad ? P.grad + r * C : nullptr;
+  int64_t np = 0;
+  if (P.target) {
+    const int64_t* y = P.target + r * P.target_row_stride;
+    for (; np < P.tcols && y[np] >= 0; ++np) s.tidx[np] = y[np];
+  }
+  if (np == 0) {
+    if constexpr (kGrad) std::fill(grad, grad + C, T(0));
+    return 0.0;
+  }
+  for (int64_t c = 0; c < C; c += L) load(x + c, C - c).store(s.xs.data() + c, std::min(L, C - c));
+  for (int64_t j = 0; j < np; ++j) s.thr[j] = math::margin_threshold<A>(s.xs[s.tidx[j]]);
+  for (int64_t j = 0; j < np; ++j) s.xs[s.tidx[j]] = std::numeric_limits<A>::quiet_NaN();
+  const bool direct = P.algo == kMarginDirect ||
+                      (P.algo == kMarginAuto && np <= kDirectMaxTargets<A>);
+  return direct ? direct_row<T, kGrad>(s, C, np, grad, P.grad_scale)
+                : counting_row<T, kGrad>(s, C, np, grad, P.grad_scale);
+}
+
+template <class T>
+void margin_cpu_impl(MarginPlan& plan) {
+  using A = opmath_t<T>;
+  constexpr int64_t kPad = 32;  // >= any vector width and bucket_row_avx2's block
+  const MarginParams<T> P = plan.params<T>();
+  const int64_t C = P.cols, K = P.tcols;
+  std::vector<double> row_loss(P.rows);
+  at::parallel_for(0, P.rows, std::max<int64_t>(1, kGrainElems / C), [&](int64_t r0, int64_t r1) {
+    Scratch<T> s;  // one per thread (per range), reused by all its rows
+    s.xs.assign((C + kPad - 1) / kPad * kPad, std::numeric_limits<A>::quiet_NaN());
+    s.thr.resize(K);
+    s.tidx.resize(K);
+    s.K.resize(K);
+    s.t.assign(K + 1, A(0));
+    s.mult.resize(K);
+    s.mult_prefix.resize(K + 1);
+    s.cnt.resize(math::kMarginBucketCopies * (K + 1));
+    s.D.resize(math::kMarginBucketCopies * (K + 1));
+    s.gtab.resize(K + 1);
+    s.sorted.reserve(K);
+    for (int64_t r = r0; r < r1; ++r) {
+      row_loss[r] = P.grad ? margin_row<T, true>(P, r, s) : margin_row<T, false>(P, r, s);
+    }
+  });
+  const double cols = static_cast<double>(C);
+  if (plan.per_row_loss) {  // (not P.row_loss: an empty batch's (0,) loss has no storage)
+    for (int64_t r = 0; r < P.rows; ++r) P.row_loss[r] = static_cast<T>(row_loss[r] / cols);
+    return;
+  }
+  double total = 0;
+  for (double v : row_loss) total += v;
+  total /= cols;
+  if (plan.reduction == kMean) {
+    // An empty batch averages nothing: NaN, like torch.mean of an empty tensor.
+    total = P.rows > 0 ? total / static_cast<double>(P.rows)
+                       : std::numeric_limits<double>::quiet_NaN();
+  }
+  *plan.loss.mutable_data_ptr<T>() = static_cast<T>(total);
+}
+
+std::tuple<at::Tensor, at::Tensor> multilabel_margin_cpu(const at::Tensor& input,
+                                                         const at::Tensor& target,
+                                                         int64_t reduction, bool compute_grad,
+                                                         int64_t algo) {
+  MarginPlan plan = make_margin_plan(input, target, reduction, compute_grad, algo);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "margin_cpu",
+                                  [&] { margin_cpu_impl<scalar_t>(plan); });
+  return margin_outputs(plan, input);
+}
+
+}  // namespace
+}  // namespace mlc::cpu
+
+TORCH_LIBRARY_IMPL(multilabel_cuda, CPU, m) {
+  m.impl("multilabel_margin", &mlc::cpu::multilabel_margin_cpu);
+}

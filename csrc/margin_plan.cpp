@@ -1,0 +1,77 @@
+#include "margin_plan.h"
+
+#include <ATen/ATen.h>
+
+namespace mlc {
+namespace {
+
+constexpr const char* kOp = "multilabel_margin_loss";
+
+at::Tensor unit_col_stride(at::Tensor v) {
+  if (v.size(1) > 1 && v.stride(1) != 1) v = v.contiguous();
+  return v;
+}
+
+}  // namespace
+
+MarginPlan make_margin_plan(const at::Tensor& input, const at::Tensor& target, int64_t reduction,
+                            bool compute_grad, int64_t algo) {
+  const auto st = input.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, kOp,
+              ": input must be float32, float64, float16 or bfloat16, got ", st);
+  TORCH_CHECK(target.scalar_type() == at::kLong, kOp, ": target must be int64, got ",
+              target.scalar_type());
+  TORCH_CHECK(target.device() == input.device(), kOp, ": target is on ", target.device(),
+              " but input is on ", input.device());
+  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, kOp,
+              ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+  TORCH_CHECK(algo >= kMarginAuto && algo <= kMarginCounting, kOp,
+              ": algo must be 0 (auto), 1 (direct) or 2 (counting), got ", algo);
+  const int64_t nd = input.dim();
+  TORCH_CHECK((nd == 2 && input.size(1) != 0) || (nd == 1 && input.size(0) != 0) || nd == 0, kOp,
+              ": Expected non-empty vector or matrix with optional 0-dim batch size, but got: ",
+              input.sizes());
+
+  MarginPlan plan;
+  plan.reduction = reduction;
+  plan.algo = static_cast<int>(algo);
+  plan.rows = nd == 2 ? input.size(0) : 1;
+  plan.cols = nd == 0 ? 1 : input.size(nd - 1);
+  if (nd == 2) {
+    TORCH_CHECK(target.dim() == 2 && target.size(0) == plan.rows && target.size(1) <= plan.cols,
+                kOp, ": target of shape ", target.sizes(), " does not fit input of shape ",
+                input.sizes(), " (expected (N, K) with K <= C = ", plan.cols, ")");
+    plan.tcols = target.size(1);
+  } else {
+    TORCH_CHECK(target.dim() <= 1 && target.numel() <= plan.cols, kOp, ": target of shape ",
+                target.sizes(), " does not fit input of shape ", input.sizes(),
+                " (expected (K,) with K <= C = ", plan.cols, ")");
+    plan.tcols = target.numel();
+  }
+  // Like native, the whole target is checked, also past the first -1.
+  if (target.numel() > 0) {
+    const auto [mn, mx] = at::aminmax(target);
+    const int64_t lo = mn.item<int64_t>(), hi = mx.item<int64_t>();
+    const int64_t bad = lo < -1 ? lo : hi;
+    TORCH_CHECK(lo >= -1 && hi < plan.cols, kOp, ": target index ", bad, " out of range [-1, ",
+                plan.cols, ")");
+  }
+  plan.input = unit_col_stride(input.reshape({plan.rows, plan.cols}));
+  plan.target = unit_col_stride(target.reshape({plan.rows, plan.tcols}));
+
+  const auto opts = input.options();
+  plan.per_row_loss = reduction == kNone && nd == 2;
+  plan.loss = plan.per_row_loss ? at::empty({plan.rows}, opts) : at::empty({}, opts);
+  plan.grad = compute_grad ? at::empty({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
+  double scale = 1.0 / static_cast<double>(plan.cols);
+  if (reduction == kMean && plan.rows > 0) scale /= static_cast<double>(plan.rows);
+  plan.grad_scale = scale;
+  return plan;
+}
+
+std::tuple<at::Tensor, at::Tensor> margin_outputs(const MarginPlan& plan, const at::Tensor& input) {
+  at::Tensor grad = plan.grad.dim() == 2 ? plan.grad.view(input.sizes()) : plan.grad;
+  return {plan.loss, grad};
+}
+
+}  // namespace mlc

@@ -1,0 +1,51 @@
+// Host-side preparation shared by the CPU and CUDA multilabel margin kernels: checks (shapes, dtypes,
+// target range over the whole target), (rows, cols) / (rows, tcols) views, outputs, gradient scale.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include "math/portable.h"
+#include "params.h"
+
+namespace mlc {
+
+struct MarginPlan {
+  at::Tensor input, target;  // (rows, cols) and (rows, tcols) views with unit column stride
+  int64_t rows = 0, cols = 0, tcols = 0;
+  int64_t reduction = kMean;
+  int algo = kMarginAuto;
+  bool per_row_loss = false;  // 'none' on an (N, C) input: loss is (N,); else a scalar
+  at::Tensor loss;
+  at::Tensor grad;  // (rows, cols) contiguous when requested, else empty
+  double grad_scale = 1.0;
+
+  template <class T>
+  MarginParams<T> params() const;
+};
+
+MarginPlan make_margin_plan(const at::Tensor& input, const at::Tensor& target, int64_t reduction,
+                            bool compute_grad, int64_t algo);
+
+std::tuple<at::Tensor, at::Tensor> margin_outputs(const MarginPlan& plan, const at::Tensor& input);
+
+template <class T>
+MarginParams<T> MarginPlan::params() const {
+  MarginParams<T> p;
+  p.rows = rows;
+  p.cols = cols;
+  p.tcols = tcols;
+  if (rows > 0) {
+    p.input = input.const_data_ptr<T>();
+    p.input_row_stride = input.stride(0);
+    if (tcols > 0) {
+      p.target = target.const_data_ptr<int64_t>();
+      p.target_row_stride = target.stride(0);
+    }
+  }
+  if (per_row_loss) p.row_loss = loss.mutable_data_ptr<T>();
+  if (grad.defined() && grad.numel() > 0) p.grad = grad.mutable_data_ptr<T>();
+  p.grad_scale = grad_scale;
+  p.algo = algo;
+  return p;
+}
+
+}  // namespace mlc

@@ -1,0 +1,139 @@
+// The single source of truth for the multilabel margin loss math, shared by the CPU kernel and the
+// (future) CUDA kernel: plain functions over raw pointers and sizes, no ATen, no allocation.
+//
+// Row loss = sum_{j in targets} sum_{i not a target} max(0, 1 - x[y_j] + x[i]).
+// Native evaluates z = 1 - x[t] + x[i] in the scalar type and tests z > 0. Rounding preserves the
+// sign of a sum (and gives 0 only for an exact 0), so z > 0  <=>  x[i] > thr(t) with
+// thr = -fl(1 - x[t]) computed in the same type: the hinge counts match native bit for bit, even
+// for integer-valued scores exactly 1 apart. A NaN on either side compares false: no contribution.
+//
+// Callers pass the row's scores `x` in the compute type A (float for fp32/fp16/bf16, double for
+// fp64) with every target position already replaced by NaN, which removes the targets from the
+// inner sums without a mask.
+#pragma once
+#include <cstdint>
+
+#include "portable.h"
+
+namespace mlc::math {
+
+template <class A>
+ML_HD A margin_threshold(A x_target) {
+  return -(A(1) - x_target);
+}
+
+// Direct O(P*C) method for few targets, one block of columns: V is a scalar A (a CUDA thread) or a
+// vector of A (the CPU's Vectorized), Ops supplies gt(x, t) -> mask and keep(mask, v) -> v or 0.
+// thr[0, P) are the thresholds of the target occurrences in order (duplicates and NaNs allowed).
+// Adds to count the number of active hinges per column (the gradient / scale), to sum their values
+// (the loss), and to kacc[j] the number of active columns for occurrence j (minus its gradient).
+template <class Ops, class V, class A>
+ML_HD void margin_direct_block(V x, const A* thr, int64_t P, V& count, V& sum, V* kacc) {
+  const V one(A(1));
+  for (int64_t j = 0; j < P; ++j) {
+    const V th(thr[j]);
+    const auto m = Ops::gt(x, th);
+    const V c = Ops::keep(m, one);
+    count = count + c;
+    sum = sum + Ops::keep(m, x - th);
+    kacc[j] = kacc[j] + c;
+  }
+}
+
+struct ScalarMarginOps {
+  template <class A>
+  static ML_HD bool gt(A x, A t) { return x > t; }
+  template <class A>
+  static ML_HD A keep(bool m, A v) { return m ? v : A(0); }
+};
+
+// Counting method, step 1: t[0, n) sorted ascending without NaNs. Merges equal values in place
+// (t keeps the Q distinct values, mult[q] their multiplicities) and returns Q.
+template <class A>
+ML_HD int64_t margin_merge_thresholds(A* t, int64_t n, int64_t* mult) {
+  int64_t q = -1;
+  for (int64_t k = 0; k < n; ++k) {
+    if (q >= 0 && t[k] == t[q]) {
+      ++mult[q];
+    } else {
+      t[++q] = t[k];
+      mult[q] = 1;
+    }
+  }
+  return q + 1;
+}
+
+// Counting method, step 2, for columns [0, C): bucket b(i) = #thresholds strictly below x[i], so
+// x[i] activates the hinges of exactly t[0, b). Writes grad[i] = mult_prefix[b] * scale (when grad
+// is not null) and accumulates cnt[b] += 1, D[b] += x[i] - t[b-1] (>= 0: sums of non-negative terms,
+// no cancellation as with prefix sums of raw scores). cnt/D hold kMarginBucketCopies * (Q + 1)
+// entries, zeroed by the caller; the result is left in the first Q + 1. Entry 0 is never read (it
+// collects the columns below every threshold and NaN columns, i.e. the targets). t[-1] must be
+// readable and finite (a sentinel slot) so that the update needs no branch. Q >= 1.
+// Each batch lane updates its own copy of cnt/D: with few buckets consecutive columns hit the same
+// entry, and a single copy makes one long store-to-load dependency chain (~3x slower at Q = 1).
+// The binary searches of kBatch columns run in lock step (same trip count for all) with the
+// comparison turned into arithmetic: independent dependency chains and no mispredicted branches
+// (random scores make each step a coin flip; branchy searches ran ~10x slower here).
+constexpr int kMarginBucketCopies = 8;
+
+template <class A, class G>
+ML_HD void margin_bucket_row(const A* x, int64_t C, const A* t, int64_t Q,
+                             const int64_t* mult_prefix, int64_t* cnt, double* D, G* grad,
+                             double scale) {
+  constexpr int kBatch = kMarginBucketCopies;
+  const int64_t stride = Q + 1;
+  for (int64_t i0 = 0; i0 < C; i0 += kBatch) {
+    const int m = C - i0 < kBatch ? static_cast<int>(C - i0) : kBatch;
+    A xv[kBatch];
+    int64_t pos[kBatch];
+    for (int k = 0; k < kBatch; ++k) {
+      xv[k] = k < m ? x[i0 + k] : x[i0];
+      pos[k] = 0;
+    }
+    for (int64_t n = Q; n > 1;) {
+      const int64_t half = n >> 1;
+      for (int k = 0; k < kBatch; ++k) {
+        pos[k] += half & -static_cast<int64_t>(t[pos[k] + half - 1] < xv[k]);
+      }
+      n -= half;
+    }
+    for (int k = 0; k < m; ++k) {
+      const int64_t b = pos[k] + static_cast<int64_t>(t[pos[k]] < xv[k]);
+      ++cnt[k * stride + b];
+      D[k * stride + b] += static_cast<double>(xv[k]) - static_cast<double>(t[b - 1]);
+      if (grad) grad[i0 + k] = static_cast<G>(static_cast<double>(mult_prefix[b]) * scale);
+    }
+  }
+  for (int k = 1; k < kBatch; ++k) {
+    for (int64_t b = 1; b <= Q; ++b) {
+      cnt[b] += cnt[k * stride + b];
+      D[b] += D[k * stride + b];
+    }
+  }
+}
+
+// Counting method, step 3: suffix sweep over the Q distinct thresholds. K[q] = #columns above t[q],
+// L_q = sum over them of (x - t[q]) = D[q+1] + L_{q+1} + K_{q+1} (t[q+1] - t[q]).
+// Returns the row loss sum_q mult[q] L_q.
+template <class A>
+ML_HD double margin_suffix_sweep(const A* t, const int64_t* mult, int64_t Q, const int64_t* cnt,
+                                 const double* D, int64_t* K) {
+  double loss = 0, L_next = 0;
+  int64_t K_next = 0;
+  for (int64_t q = Q - 1; q >= 0; --q) {
+    double L = D[q + 1] + L_next;
+    // The K_next > 0 test avoids 0 * inf when t[q+1] = +inf (a target scored +inf: no column is
+    // above it); t[q] = -inf with K_next > 0 correctly gives +inf.
+    if (K_next > 0) L += static_cast<double>(K_next) *
+                         (static_cast<double>(t[q + 1]) - static_cast<double>(t[q]));
+    const int64_t Kq = cnt[q + 1] + K_next;
+    K[q] = Kq;
+    if (Kq > 0) loss += static_cast<double>(mult[q]) * L;
+    L_next = L;
+    K_next = Kq;
+  }
+  return loss;
+}
+
+}  // namespace mlc::math
