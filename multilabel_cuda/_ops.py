@@ -102,13 +102,14 @@ def _margin_setup_context(ctx, inputs, output):
     ctx.n_inputs = len(inputs)
     ctx.reduction, ctx.compute_grad = reduction, compute_grad
     ctx.row_mean = reduction == NONE and input.dim() == 2  # (N,) loss: upstream broadcasts over C
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(output[1])
 
 
 def _margin_backward(ctx, grad_loss, _unused):
     (grad,) = ctx.saved_tensors
     grad_input = None
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0] and grad_loss is not None:
         if not ctx.compute_grad:
             raise RuntimeError("multilabel_cuda: the op ran with compute_grad=False, so it has no "
                                "input gradient to give")
@@ -116,10 +117,8 @@ def _margin_backward(ctx, grad_loss, _unused):
             # create_graph=True: the margin gradient is piecewise constant in input (its derivative
             # is 0 almost everywhere), so the only dependence left is the linear one on grad_loss.
             grad_input = grad.detach() * (grad_loss.unsqueeze(-1) if ctx.row_mean else grad_loss)
-        elif type(grad_loss) is torch.Tensor:  # eager: may hand out the saved gradient itself
+        else:
             grad_input = _scale_by_upstream(ctx, grad, grad_loss)
-        else:  # traced (fake/functional tensors, e.g. opcheck's aot_dispatch): no .item() guard
-            grad_input = grad * (grad_loss.unsqueeze(-1) if ctx.row_mean else grad_loss)
     return (grad_input,) + (None,) * (ctx.n_inputs - 1)
 
 
