@@ -34,8 +34,8 @@ struct VecOps<float> {
   static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
 
   // exp(x) for x <= 0 (NaN propagates): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and the
-  // classic degree-6 minimax polynomial (Cephes expf). 2^n is applied in two halves so results down
-  // in the subnormal range round once instead of flushing to zero.
+  // classic degree-6 minimax polynomial (Cephes expf). n <= 0, so 2^(n + 64) is a normal float and
+  // the final exact-or-once-rounded * 2^-64 keeps results in the subnormal range instead of flushing.
   static V exp_nonpos(V x) {
     x = at::vec::clamp_min(x, V(-104.0f));  // exp(-104) < smallest subnormal; keeps n in range
     const V n = (x * V(1.44269504088896341f)).round();
@@ -47,8 +47,7 @@ struct VecOps<float> {
     p = at::vec::fmadd(p, r, V(1.6666665459e-1f));
     p = at::vec::fmadd(p, r, V(5.0000001201e-1f));
     p = at::vec::fmadd(p * r, r, r + V(1.0f));
-    const V half = (n * V(0.5f)).floor();
-    return p * pow2(half) * pow2(n - half);
+    return p * pow2(n + V(64.0f)) * V(5.42101086242752217e-20f);  // 2^-64
   }
 
   // log1p(e) for e in [0, 1]: 2 atanh(t) with t = e / (2 + e) in [0, 1/3]; the odd series through
