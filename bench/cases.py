@@ -34,11 +34,15 @@ def fused_available(spec):
     return True, ""
 
 
-def fused_runs_extension(device):
+_OP_OF_LOSS = {"binary_cross_entropy_with_logits": "bce_with_logits",
+               "multilabel_soft_margin_loss": "multilabel_soft_margin",
+               "multilabel_margin_loss": "multilabel_margin"}
+
+
+def fused_runs_extension(spec, device):
     """Whether multilabel_cuda's fused op (not its reference fallback) serves `device`."""
-    import multilabel_cuda
     from multilabel_cuda import _backend
-    return multilabel_cuda.backend() == "extension" and device.type in _backend.KERNEL_DEVICES
+    return _backend.use_extension(_OP_OF_LOSS[spec.loss], device)
 
 
 @dataclass

@@ -332,7 +332,7 @@ def run_one(device, spec, shape, dtype_name, args, notes):
     if args.compile:
         torch._dynamo.reset()
     steps = _impl_steps(spec, inp, impls, compile_=args.compile, notes=notes)
-    if not fused_runs_extension(device):
+    if not fused_runs_extension(spec, device):
         notes.append(f"no fused kernel for {device.type} (backend {multilabel_cuda.backend()}): "
                      "the fused column is the reference fallback")
     a = torch.randn(n, c, device=device).to(dtype)

@@ -16,10 +16,13 @@ if _choice == "auto" and not _ops.AVAILABLE:
 
 
 def _kernel_devices():
+    """{op name: device types with a compiled kernel}, e.g. margin may have no CUDA kernel yet."""
     if not _ops.AVAILABLE:
-        return frozenset()
+        return {}
     has = torch._C._dispatch_has_kernel_for_dispatch_key
-    return frozenset(d for d in ("cpu", "cuda") if has("multilabel_cuda::bce_with_logits", d.upper()))
+    ops = ("bce_with_logits", "multilabel_soft_margin", "multilabel_margin")
+    return {op: frozenset(d for d in ("cpu", "cuda") if has(f"multilabel_cuda::{op}", d.upper()))
+            for op in ops}
 
 
 KERNEL_DEVICES = _kernel_devices()
@@ -40,8 +43,8 @@ def backend():
     return "extension" if _ops.AVAILABLE and _choice != "reference" else "reference"
 
 
-def use_extension(device):
-    """True when the fused op should run for tensors on `device`."""
+def use_extension(op, device):
+    """True when the fused op `op` should run for tensors on `device` (else the reference runs)."""
     if _choice == "extension" and not _ops.AVAILABLE:
         raise RuntimeError(f"multilabel_cuda: compiled extension not available: {_ops.LOAD_ERROR}")
-    return backend() == "extension" and device.type in KERNEL_DEVICES
+    return backend() == "extension" and device.type in KERNEL_DEVICES.get(op, ())

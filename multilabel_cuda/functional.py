@@ -84,7 +84,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
         weight = _broadcast_operand(fn, "weight", weight, input, dtype)
     if pos_weight is not None:
         pos_weight = _broadcast_operand(fn, "pos_weight", pos_weight, input, dtype)
-    if not _backend.use_extension(input.device) or _needs_reference(weight, pos_weight):
+    if not _backend.use_extension("bce_with_logits", input.device) or _needs_reference(weight, pos_weight):
         return reference.binary_cross_entropy_with_logits(input, target, weight, pos_weight, red)
     return torch.ops.multilabel_cuda.bce_with_logits(input, target, weight, pos_weight, red,
                                                      _compute_grad(input))[0]
@@ -108,7 +108,7 @@ def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, r
     target = _broadcast_operand(fn, "target", target, input, dtype)
     if weight is not None:
         weight = _broadcast_operand(fn, "weight", weight, input, dtype)
-    if not _backend.use_extension(input.device) or _needs_reference(weight):
+    if not _backend.use_extension("multilabel_soft_margin", input.device) or _needs_reference(weight):
         return reference.multilabel_soft_margin_loss(input, target, weight, red)
     return torch.ops.multilabel_cuda.multilabel_soft_margin(input, target, weight, red,
                                                             _compute_grad(input))[0]
@@ -151,6 +151,6 @@ def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduct
         _fail(fn, f"target of shape {tuple(target.shape)} does not fit input of shape "
                   f"{tuple(input.shape)} (expected {expected})")
     target = target.to(torch.int64)
-    if not _backend.use_extension(input.device) or _needs_reference():
+    if not _backend.use_extension("multilabel_margin", input.device) or _needs_reference():
         return reference.multilabel_margin_loss(input, target, red)
     return torch.ops.multilabel_cuda.multilabel_margin(input, target, red, _compute_grad(input))[0]
