@@ -118,3 +118,18 @@ def test_missing_library_falls_back_with_one_warning():
 def test_bad_backend_env_is_rejected():
     r = _run("import multilabel_cuda", MULTILABEL_CUDA_BACKEND="fast")
     assert r.returncode != 0 and "MULTILABEL_CUDA_BACKEND must be one of" in r.stderr
+
+
+@pytest.mark.skipif(multilabel_cuda.backend() != "extension", reason="extension not built")
+def test_device_without_a_kernel_for_one_op_uses_reference(monkeypatch):
+    """Dispatch is per op: e.g. a CUDA build has BCE kernels but no margin kernel yet."""
+    from multilabel_cuda import _backend
+    devices = dict(_backend.KERNEL_DEVICES, multilabel_margin=frozenset())
+    monkeypatch.setattr(_backend, "KERNEL_DEVICES", devices)
+    x = torch.randn(3, 5, requires_grad=True)
+    target = torch.tensor([[0, 2, -1, 0, 0], [4, -1, 0, 0, 0], [1, 3, 0, -1, 0]])
+    margin = MF.multilabel_margin_loss(x, target)
+    bce = MF.binary_cross_entropy_with_logits(x, torch.rand(3, 5))
+    assert "multilabel_cuda" not in type(margin.grad_fn).__name__
+    assert "multilabel_cuda" in type(bce.grad_fn).__name__
+    torch.testing.assert_close(margin, torch.nn.functional.multilabel_margin_loss(x, target))
