@@ -32,8 +32,10 @@ cpp-test:
 	cmake --build $(CPP_BUILD) -j $(MAX_JOBS)
 	cd $(CPP_BUILD) && ctest --output-on-failure -j $(MAX_JOBS)
 
+# Extra options for the benchmark CLI, e.g. `make bench BENCH_ARGS=--quick` (see bench/README.md).
+BENCH_ARGS ?=
 bench: build
-	$(PY) -m bench.compare
+	$(PY) -m bench.compare $(BENCH_ARGS)
 
 clean:
 	rm -rf build build-cmake $(VENV) multilabel_cuda/_C*.so *.egg-info
