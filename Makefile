@@ -17,8 +17,14 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-build: venv
+# Rebuild (pip's editable build starts from scratch: minutes with the CUDA sources) only when a
+# source or build file changed since the last build.
+BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f)
+$(VENV)/.built: $(VENV)/.installed $(BUILD_INPUTS)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
 
 test: build
 	$(PY) -m pytest -q tests
