@@ -39,10 +39,14 @@ def _plain_eager(*tensors):
             and all(type(t) is torch.Tensor for t in tensors))
 
 
+def _per_element(ctx, grad_loss):
+    """The upstream gradient, broadcastable to the input (per-row losses gain the class dim)."""
+    return grad_loss.unsqueeze(-1) if ctx.reduction == NONE and ctx.row_mean else grad_loss
+
+
 def _scale_by_upstream(ctx, grad, grad_loss):
-    """grad * upstream gradient, broadcast over the class dim for per-row losses."""
-    if ctx.reduction == NONE and ctx.row_mean:
-        grad_loss = grad_loss.unsqueeze(-1)
+    """grad * upstream gradient."""
+    grad_loss = _per_element(ctx, grad_loss)
     # The common `loss.backward()` on CPU: hand out the saved gradient itself (no N x C copy). ctx
     # keeps a second reference so autograd's AccumulateGrad copies instead of stealing it, so a
     # retained graph never sees it modified.
@@ -81,8 +85,7 @@ def _make_bce_autograd(row_mean):
         if ctx.needs_input_grad[0]:
             if torch.is_grad_enabled():  # create_graph=True: stay differentiable w.r.t. input
                 g = reference.bce_grad_input(input, target, weight, pos_weight, ctx.scale)
-                grad_input = g * (grad_loss.unsqueeze(-1) if ctx.row_mean and ctx.reduction == NONE
-                                  else grad_loss)
+                grad_input = g * _per_element(ctx, grad_loss)
             elif not ctx.compute_grad:
                 raise RuntimeError("multilabel_cuda: the op ran with compute_grad=False, so it has no "
                                    "input gradient to give")
@@ -90,8 +93,7 @@ def _make_bce_autograd(row_mean):
                 grad_input = _scale_by_upstream(ctx, grad, grad_loss)
         if ctx.needs_input_grad[1]:
             g = reference.bce_grad_target(input, target, weight, pos_weight, ctx.scale)
-            grad_target = g * (grad_loss.unsqueeze(-1) if ctx.row_mean and ctx.reduction == NONE
-                               else grad_loss)
+            grad_target = (g * _per_element(ctx, grad_loss)).sum_to_size(target.shape)
         return (grad_input, grad_target) + (None,) * (n_weights + 2)
 
     return setup_context, backward
@@ -116,7 +118,7 @@ def _margin_backward(ctx, grad_loss, _unused):
         if torch.is_grad_enabled():
             # create_graph=True: the margin gradient is piecewise constant in input (its derivative
             # is 0 almost everywhere), so the only dependence left is the linear one on grad_loss.
-            grad_input = grad.detach() * (grad_loss.unsqueeze(-1) if ctx.row_mean else grad_loss)
+            grad_input = grad.detach() * _per_element(ctx, grad_loss)
         else:
             grad_input = _scale_by_upstream(ctx, grad, grad_loss)
     return (grad_input,) + (None,) * (ctx.n_inputs - 1)

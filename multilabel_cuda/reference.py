@@ -45,13 +45,14 @@ def bce_grad_input(input, target, weight, pos_weight, scale):
 
 
 def bce_grad_target(input, target, weight, pos_weight, scale):
-    """d(loss)/d(target) for an upstream gradient of 1, times ``scale``; differentiable."""
+    """d(loss)/d(target) for an upstream gradient of 1, times ``scale``, per element of the input
+    (sum it to a broadcast target's shape); differentiable."""
     g = -input
     if pos_weight is not None:
         g = g - (pos_weight - 1) * F.logsigmoid(input)
     if weight is not None:
         g = g * weight
-    return (g * scale).expand(target.shape)
+    return (g * scale).expand(input.shape)
 
 
 def check_margin_target(target, cols):

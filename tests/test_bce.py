@@ -271,3 +271,16 @@ def test_reference_backend_parity(reference_backend, reduction):
          F.multilabel_soft_margin_loss(x, y, w, reduction=reduction))]:
         _assert_same(ours, native, torch.float64)
         _assert_same(_grads(ours, [x])[0], _grads(native, [x])[0], torch.float64)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_broadcast_target_gradient_soft_margin(reduction):
+    """Soft margin broadcasts its target like the native composite; its gradient sums back."""
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(5, dtype=torch.float64, requires_grad=True)
+    ours = MF.multilabel_soft_margin_loss(x, y, reduction=reduction)
+    native = F.multilabel_soft_margin_loss(x, y, reduction=reduction)
+    _assert_same(ours, native, torch.float64)
+    for a, b in zip(_grads(ours, [x, y]), _grads(native, [x, y])):
+        _assert_same(a, b, torch.float64)
+    assert torch.autograd.gradcheck(lambda x, y: MF.multilabel_soft_margin_loss(x, y, reduction=reduction), (x, y))
