@@ -173,3 +173,124 @@ def test_large_rows_and_extremes():
         torch.testing.assert_close(MF.binary_cross_entropy_with_logits(x, y, reduction=red),
                                    F.binary_cross_entropy_with_logits(x, y, reduction=red))
     assert multilabel_cuda.backend() == "extension"
+
+
+# ---- multilabel margin (csrc/cuda/margin_kernel.cuh)
+
+margin_kernel = pytest.mark.skipif(
+    "cuda" not in _backend.KERNEL_DEVICES.get("multilabel_margin", ()),
+    reason="extension built without the CUDA margin kernel")
+MARGIN_SHAPES = [(1, 1), (3, 31), (4, 33), (2, 300), (65, 40), (2, 3000)]
+
+
+def _margin_target(n, c, g, kind):
+    """(n, c) int64 target, -1 terminated: random distinct positives, duplicates or all classes."""
+    y = torch.full((n, c), -1, dtype=torch.long)
+    for r in range(n):
+        if kind == "all":
+            y[r] = torch.randperm(c, generator=g)
+        elif kind == "dup":
+            p = int(torch.randint(1, c + 1, (1,), generator=g))
+            y[r, :p] = torch.randint(0, min(c, 3), (p,), generator=g)
+        else:
+            p = int(torch.randint(0, min(c, 70) + 1, (1,), generator=g))
+            y[r, :p] = torch.randperm(c, generator=g)[:p]
+            if p + 1 < c:  # junk after the -1 is ignored
+                y[r, p + 1:] = torch.randint(0, c, (c - p - 1,), generator=g)
+    return y
+
+
+def _native_margin(x, y, reduction, up=torch.float64):
+    """Native loss and input gradient computed in `up` (the int64 target stays as it is). fp64 by
+    default: native accumulates the gradient of a target in the scalar type, one hinge at a time,
+    which in fp32 is off by ~1e-4 relative for a target with many active hinges (duplicates)."""
+    xx = x.detach().to(up).requires_grad_(True)
+    loss = F.multilabel_margin_loss(xx, y, reduction=reduction)
+    (g,) = torch.autograd.grad(loss.sum(), xx)
+    return loss.detach(), g
+
+
+@margin_kernel
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["random", "dup", "all"])
+@pytest.mark.parametrize("shape", MARGIN_SHAPES, ids=str)
+def test_margin_parity(dtype, reduction, kind, shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = (torch.randn(*shape, generator=g, dtype=torch.float64) * 2).to("cuda", dtype)
+    y = _margin_target(*shape, g, kind).cuda()
+    want_l, want_g = _native_margin(x, y, reduction)
+    got_l, got_g = _ours(MF.multilabel_margin_loss, x, y, reduction=reduction)
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(got_l.to(want_l.dtype), want_l, rtol=rtol, atol=atol)
+    torch.testing.assert_close(got_g.to(want_g.dtype), want_g, rtol=rtol, atol=atol)
+
+
+@margin_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_margin_ties_nan_and_1d(dtype):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(-3, 4, (5, 37), generator=g).to("cuda", dtype)  # scores exactly 1 apart
+    x[2, 4] = float("nan")
+    y = _margin_target(5, 37, g, "random").cuda()
+    y[2, 0], y[2, 1] = 5, -1
+    for red in REDUCTIONS:
+        for xi, yi in ((x, y), (x[0], y[0])):
+            want_l, want_g = _native_margin(xi, yi, red, up=dtype)
+            got_l, got_g = _ours(MF.multilabel_margin_loss, xi, yi, reduction=red)
+            torch.testing.assert_close(got_l, want_l, equal_nan=True)
+            torch.testing.assert_close(got_g, want_g, equal_nan=True)
+
+
+@margin_kernel
+@pytest.mark.parametrize("k", [0, 1, 7, 40])
+def test_margin_compact_target_matches_cpu(k):
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(9, 40, generator=g)
+    y = torch.stack([torch.randperm(40, generator=g)[:k] for _ in range(9)])
+    if k > 2:
+        y[1, 2] = -1
+    for red in (0, 1, 2):
+        cpu = torch.ops.multilabel_cuda.multilabel_margin(x, y, red, True)
+        gpu = torch.ops.multilabel_cuda.multilabel_margin(x.cuda(), y.cuda(), red, True)
+        for a, b in zip(cpu, gpu):
+            torch.testing.assert_close(b.cpu(), a, rtol=2e-5, atol=1e-6)
+
+
+@margin_kernel
+@pytest.mark.parametrize("bad", [7, -2])
+def test_margin_out_of_range(bad):
+    x = torch.randn(2, 5, device="cuda")
+    y = torch.tensor([[0, 1, -1, 2, 3], [4, -1, 0, 0, 0]], device="cuda")
+    y[1, 3] = bad  # after the -1: still checked
+    with pytest.raises(RuntimeError, match=rf"target index {bad} out of range \[-1, 5\)"):
+        MF.multilabel_margin_loss(x, y)
+
+
+@margin_kernel
+def test_margin_deterministic_and_empty():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 2000, generator=g).cuda()
+    y = _margin_target(300, 2000, g, "random").cuda()
+    for red in (0, 1, 2):
+        a = torch.ops.multilabel_cuda.multilabel_margin(x, y, red, True)
+        b = torch.ops.multilabel_cuda.multilabel_margin(x, y, red, True)
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)
+    x0 = torch.randn(0, 5, device="cuda")
+    y0 = torch.zeros(0, 5, dtype=torch.long, device="cuda")
+    assert MF.multilabel_margin_loss(x0, y0, reduction="sum").item() == 0
+    assert torch.isnan(MF.multilabel_margin_loss(x0, y0, reduction="mean"))
+    assert MF.multilabel_margin_loss(x0, y0, reduction="none").shape == (0,)
+
+
+@margin_kernel
+@pytest.mark.parametrize("reduction", [0, 1, 2])
+def test_margin_opcheck_and_gradcheck(reduction):
+    g = torch.Generator().manual_seed(reduction)
+    x = torch.randn(4, 33, generator=g, dtype=torch.float64).cuda().requires_grad_(True)
+    y = _margin_target(4, 33, g, "random").cuda()
+    torch.library.opcheck(torch.ops.multilabel_cuda.multilabel_margin.default,
+                          (x, y, reduction, True))
+    red = REDUCTIONS[reduction]
+    assert torch.autograd.gradcheck(lambda t: MF.multilabel_margin_loss(t, y, reduction=red), (x,))

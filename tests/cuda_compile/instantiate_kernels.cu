@@ -5,6 +5,7 @@
 #include <c10/util/Half.h>
 
 #include "cuda/bce_kernel.cuh"
+#include "cuda/margin_kernel.cuh"
 
 namespace mlc::cuda {
 #define MLC_INSTANTIATE_BCE(T)                                                                   \
@@ -22,4 +23,13 @@ MLC_INSTANTIATE_BCE(float)
 MLC_INSTANTIATE_BCE(double)
 MLC_INSTANTIATE_BCE(c10::Half)
 MLC_INSTANTIATE_BCE(c10::BFloat16)
+
+// The margin loss's direct kernel (its second passes are the BCE ones above).
+#define MLC_INSTANTIATE_MARGIN(T)                                                               \
+  template __global__ void margin_direct_kernel<T>(const MarginParams<T>, const int64_t,       \
+                                                   int64_t*, acc_t<T>*);
+MLC_INSTANTIATE_MARGIN(float)
+MLC_INSTANTIATE_MARGIN(double)
+MLC_INSTANTIATE_MARGIN(c10::Half)
+MLC_INSTANTIATE_MARGIN(c10::BFloat16)
 }  // namespace mlc::cuda
