@@ -419,3 +419,19 @@ def test_deterministic_across_threads():
     finally:
         torch.set_num_threads(prev)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("algo", [1, 2])
+def test_duplicated_target_gradient_is_rounded_once(dtype, algo):
+    """A target index listed 100 times gets its hinge counts summed exactly and rounded to the half
+    type once (DESIGN §2), not once per occurrence."""
+    torch.manual_seed(3)
+    x = torch.randn(3, 300).to(dtype)
+    target = torch.full((3, 300), -1, dtype=torch.int64)
+    target[:, :100] = 5
+    target[:, 100:104] = torch.tensor([7, 9, 11, 13])
+    _, grad = torch.ops.multilabel_cuda.multilabel_margin(x, target, 2, True, algo)
+    xd = x.double().requires_grad_()
+    (oracle,) = torch.autograd.grad(F.multilabel_margin_loss(xd, target, reduction="sum"), xd)
+    torch.testing.assert_close(grad.double(), oracle.to(dtype).double(), rtol=0, atol=0)

@@ -125,7 +125,21 @@ struct Scratch {
   std::vector<int64_t> mult, mult_prefix, cnt;
   std::vector<double> D;
   std::vector<float> gtab;
+  std::vector<int64_t> occ_k;  // hinge count per target occurrence (counting path)
+  std::vector<int64_t> tk;     // per column, 0 between rows: summed counts of a target column
 };
+
+// grad[idx[k]] = -(sum of cnt over all occurrences of idx[k]) * scale, rounded to T once: a target
+// listed several times (native counts each) must not round a half/bf16 gradient per occurrence.
+template <class T>
+void write_target_grads(std::vector<int64_t>& tk, T* grad, const int64_t* idx, const int64_t* cnt,
+                        int64_t n, double scale) {
+  for (int64_t k = 0; k < n; ++k) tk[idx[k]] += cnt[k];
+  for (int64_t k = 0; k < n; ++k) {
+    grad[idx[k]] = static_cast<T>(0.0 - static_cast<double>(tk[idx[k]]) * scale);
+  }
+  for (int64_t k = 0; k < n; ++k) tk[idx[k]] = 0;
+}
 
 template <class T, bool kGrad>
 double direct_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) {
@@ -160,12 +174,7 @@ double direct_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) {
       blocks = 0;
     }
   }
-  if constexpr (kGrad) {
-    for (int64_t j = 0; j < P; ++j) {
-      T& g = grad[s.tidx[j]];  // 0 so far: targets are NaN in xs
-      g = static_cast<T>(static_cast<double>(g) - static_cast<double>(s.K[j]) * scale);
-    }
-  }
+  if constexpr (kGrad) write_target_grads(s.tk, grad, s.tidx.data(), s.K.data(), P, scale);
   double loss = 0;
   for (int64_t k = 0; k < L; ++k) loss += lane_sums[k];
   return loss;
@@ -214,9 +223,10 @@ double counting_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) 
     int64_t q = 0;
     for (int64_t k = 0; k < n; ++k) {
       if (s.sorted[k].first != t[q]) ++q;
-      T& g = grad[s.sorted[k].second];
-      g = static_cast<T>(static_cast<double>(g) - static_cast<double>(s.K[q]) * scale);
+      s.tidx[k] = s.sorted[k].second;  // tidx is free once sorted is built
+      s.occ_k[k] = s.K[q];
     }
+    write_target_grads(s.tk, grad, s.tidx.data(), s.occ_k.data(), n, scale);
   }
   return loss;
 }
@@ -268,6 +278,8 @@ void margin_cpu_impl(MarginPlan& plan) {
     s.D.resize(math::kMarginBucketCopies * (K + 1));
     s.gtab.resize(K + 1);
     s.sorted.reserve(K);
+    s.occ_k.resize(K);
+    if (P.grad) s.tk.assign(C, 0);
     for (int64_t r = r0; r < r1; ++r) {
       row_loss[r] = P.grad ? margin_row<T, true>(P, r, s) : margin_row<T, false>(P, r, s);
     }
