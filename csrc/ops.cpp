@@ -25,6 +25,12 @@ TORCH_LIBRARY(multilabel_cuda, m) {
   // an AVX2 build on a CPU without AVX2 instead of crashing on an illegal instruction.
   m.def("cpu_isa() -> str", []() -> std::string {
 #if defined(CPU_CAPABILITY_AVX2)
+#if defined(__x86_64__) || defined(__i386__)
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
+        !__builtin_cpu_supports("f16c")) {
+      return "unsupported:avx2";
+    }
+#endif
     return "avx2";
 #else
     return "default";
