@@ -11,18 +11,10 @@
 
 #include "../bce_plan.h"
 #include "bce_kernel.cuh"
+#include "launch.h"
 
 namespace mlc::cuda {
 namespace {
-
-constexpr int kBlock = 256;
-constexpr int kBlocksPerSm = 8;  // enough resident warps to cover DRAM latency
-
-int64_t max_grid(c10::DeviceIndex device) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return static_cast<int64_t>(sms) * kBlocksPerSm;
-}
 
 template <class T>
 void bce_cuda_impl(BcePlan& plan) {

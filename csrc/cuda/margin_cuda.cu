@@ -12,18 +12,10 @@
 
 #include "../margin_plan.h"
 #include "margin_kernel.cuh"
+#include "launch.h"
 
 namespace mlc::cuda {
 namespace {
-
-constexpr int kBlock = 256;
-constexpr int kBlocksPerSm = 8;
-
-int64_t max_grid(c10::DeviceIndex device) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return static_cast<int64_t>(sms) * kBlocksPerSm;
-}
 
 template <class T>
 void margin_cuda_impl(MarginPlan& plan) {
