@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 namespace emu {
 
@@ -89,6 +90,32 @@ struct Rng {
 inline bool close(double got, double want, double rtol, double atol) {
   if (std::isnan(want)) return std::isnan(got);
   return std::fabs(got - want) <= atol + rtol * std::fabs(want);
+}
+
+// An element type T (double, float or a half type) from / to double; half types go through float.
+template <class T>
+T to_t(double v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return v;
+  } else {
+    return T(static_cast<float>(v));
+  }
+}
+
+template <class T>
+double as_double(T v) {
+  return static_cast<double>(static_cast<std::conditional_t<std::is_same_v<T, double>, double, float>>(v));
+}
+
+// got (a T) against the exact value: a value beyond T's range must come out as inf of the same
+// sign (e.g. a half 'sum' over large losses), anything else within the tolerances.
+template <class T>
+bool matches(double got, double want, double rtol, double atol) {
+  if constexpr (!std::is_same_v<T, double>) {
+    const double rounded = as_double(to_t<T>(want));
+    if (std::isinf(rounded)) return got == rounded;
+  }
+  return close(got, want, rtol, atol);
 }
 
 // "small" (sanitizer builds: fewer, smaller cases) or "full".

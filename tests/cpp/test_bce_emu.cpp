@@ -14,6 +14,10 @@
 
 namespace {
 
+using emu::as_double;
+using emu::matches;
+using emu::to_t;
+
 using mlc::BceParams;
 using mlc::cuda::acc_t;
 using emu::BF16;
@@ -69,21 +73,7 @@ std::vector<T> to_buffer(const std::vector<double>& v, int offset) {
   return b;
 }
 
-template <class T>
-double as_double(T v) {
-  return static_cast<double>(static_cast<std::conditional_t<std::is_same_v<T, double>, double, float>>(v));
-}
 
-// got (a T) against the exact value: a value beyond T's range must come out as inf of the same
-// sign (e.g. a half 'sum' over large losses), anything else within the tolerances.
-template <class T>
-bool matches(double got, double want, double rtol, double atol) {
-  if constexpr (!std::is_same_v<T, double>) {
-    const double rounded = as_double(T(static_cast<float>(want)));
-    if (std::isinf(rounded)) return got == rounded;
-  }
-  return emu::close(got, want, rtol, atol);
-}
 
 auto emu_launch = [](auto kernel, int64_t grid, int block, auto... args) {
   simt::launch(dim3(static_cast<unsigned>(grid)), dim3(static_cast<unsigned>(block)), 0, kernel,

@@ -14,6 +14,10 @@
 
 namespace {
 
+using emu::as_double;
+using emu::matches;
+using emu::to_t;
+
 using mlc::MarginParams;
 using mlc::cuda::acc_t;
 using emu::BF16;
@@ -48,28 +52,8 @@ struct Case {
   bool repeat = false;
 };
 
-template <class T>
-T to_t(double v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return v;
-  } else {
-    return T(static_cast<float>(v));
-  }
-}
 
-template <class T>
-double as_double(T v) {
-  return static_cast<double>(static_cast<std::conditional_t<std::is_same_v<T, double>, double, float>>(v));
-}
 
-template <class T>
-bool matches(double got, double want, double rtol, double atol) {
-  if constexpr (!std::is_same_v<T, double>) {
-    const double rounded = as_double(to_t<T>(want));
-    if (std::isinf(rounded)) return got == rounded;
-  }
-  return emu::close(got, want, rtol, atol);
-}
 
 auto emu_launch = [](auto kernel, int64_t grid, int block, int64_t smem, auto... args) {
   simt::launch(dim3(static_cast<unsigned>(grid)), dim3(static_cast<unsigned>(block)),
