@@ -58,7 +58,10 @@ def cpu_isa_flags():
 def extension():
     cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cu_sources = sorted(glob.glob("csrc/cuda/*.cu"))
-    cxx = ["-O3", "-fopenmp", "-Wno-unknown-pragmas"] + cpu_isa_flags()
+    # -fschedule-insns (-fsched-pressure: without spilling) interleaves the unrolled exp/log1p chains
+    # of the CPU kernels; GCC leaves that pre-RA pass off on x86. Measured 1.2x on the BCE loop.
+    cxx = ["-O3", "-fopenmp", "-fschedule-insns", "-fsched-pressure", "-Wno-unknown-pragmas"]
+    cxx += cpu_isa_flags()
     common = dict(
         name="multilabel_cuda._C",
         include_dirs=[os.path.join(ROOT, "csrc")],

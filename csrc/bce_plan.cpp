@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <ATen/ExpandUtils.h>
 
+#include "output_alloc.h"
+
 namespace mlc {
 namespace {
 
@@ -94,9 +96,9 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
   } else if (row_mean) {
     plan.loss = at::empty(shape.slice(0, input.dim() - 1), opts);
   } else {
-    plan.loss = at::empty(shape, opts);
+    plan.loss = empty_output(shape, opts);
   }
-  plan.grad = compute_grad ? at::empty({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
+  plan.grad = compute_grad ? empty_output({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
   double scale = row_mean ? 1.0 / static_cast<double>(plan.cols) : 1.0;  // row_mean never flattens
   if (reduction == kMean && plan.mean_count() > 0) scale /= static_cast<double>(plan.mean_count());
   plan.grad_scale = scale;

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include "output_alloc.h"
+
 namespace mlc {
 namespace {
 
@@ -62,7 +64,7 @@ MarginPlan make_margin_plan(const at::Tensor& input, const at::Tensor& target, i
   const auto opts = input.options();
   plan.per_row_loss = reduction == kNone && nd == 2;
   plan.loss = plan.per_row_loss ? at::empty({plan.rows}, opts) : at::empty({}, opts);
-  plan.grad = compute_grad ? at::empty({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
+  plan.grad = compute_grad ? empty_output({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
   double scale = 1.0 / static_cast<double>(plan.cols);
   if (reduction == kMean && plan.rows > 0) scale /= static_cast<double>(plan.rows);
   plan.grad_scale = scale;

@@ -5,6 +5,8 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include "../math/portable.h"
+
 #include <algorithm>
 #include <type_traits>
 
@@ -19,24 +21,24 @@ using opmath_t = at::opmath_type<T>;
 template <class T>
 struct VecOps {
   using V = Vectorized<T>;
-  static V exp_nonpos(V v) { return v.exp(); }
-  static V log1p_unit(V v) { return v.log1p(); }
-  static V abs(V v) { return v.abs(); }
-  static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }  // max(lo, v): NaN stays
-  static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
+  ML_FORCE_INLINE static V exp_nonpos(V v) { return v.exp(); }
+  ML_FORCE_INLINE static V log1p_unit(V v) { return v.log1p(); }
+  ML_FORCE_INLINE static V abs(V v) { return v.abs(); }
+  ML_FORCE_INLINE static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }  // max(lo, v): NaN stays
+  ML_FORCE_INLINE static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
 };
 
 template <>
 struct VecOps<float> {
   using V = Vectorized<float>;
-  static V abs(V v) { return v.abs(); }
-  static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }
-  static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
+  ML_FORCE_INLINE static V abs(V v) { return v.abs(); }
+  ML_FORCE_INLINE static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }
+  ML_FORCE_INLINE static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
 
   // exp(x) for x <= 0 (NaN propagates): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and the
   // classic degree-6 minimax polynomial (Cephes expf). n <= 0, so 2^(n + 64) is a normal float and
   // the final exact-or-once-rounded * 2^-64 keeps results in the subnormal range instead of flushing.
-  static V exp_nonpos(V x) {
+  ML_FORCE_INLINE static V exp_nonpos(V x) {
     x = at::vec::clamp_min(x, V(-104.0f));  // exp(-104) < smallest subnormal; keeps n in range
     const V n = (x * V(1.44269504088896341f)).round();
     const V r = at::vec::fnmadd(n, V(-2.12194440e-4f), at::vec::fnmadd(n, V(0.693359375f), x));
@@ -52,7 +54,7 @@ struct VecOps<float> {
 
   // log1p(e) for e in [0, 1]: 2 atanh(t) with t = e / (2 + e) in [0, 1/3]; the odd series through
   // t^13 truncates below 1.5e-8 relative (t^14 / 15 <= 3^-14 / 15).
-  static V log1p_unit(V e) {
+  ML_FORCE_INLINE static V log1p_unit(V e) {
     const V t = e / (V(2.0f) + e);
     const V t2 = t * t;
     V p = V(1.0f / 13);
@@ -66,7 +68,7 @@ struct VecOps<float> {
   }
 
  private:
-  static V pow2(V n) {  // 2^n for integral n in [-126, 127], written straight into the exponent bits
+  ML_FORCE_INLINE static V pow2(V n) {  // 2^n for integral n in [-126, 127], written straight into the exponent bits
     const auto biased = at::vec::convert_to_int_of_same_size(n + V(127.0f));
     return at::vec::cast<float>(biased << Vectorized<int32_t>(23));
   }

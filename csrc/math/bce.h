@@ -12,16 +12,26 @@ namespace mlc::math {
 //   loss = w * [(1 - y) x + (1 + (p - 1) y) softplus(-x)]
 //   grad = w * [(1 + (p - 1) y) sigmoid(x) - p y]
 // Both come from e = exp(-|x|) in (0, 1], so nothing overflows for any finite x (|x| = 1e30 is fine)
-// and NaN/inf propagate as in the native composite.
-template <class Ops, class V>
+// and NaN/inf propagate as in the native composite. kWeight / kPosWeight = false mean the operand is
+// absent (1): its multiplies drop out at compile time, as they do from the native formula.
+template <class Ops, bool kWeight = true, bool kPosWeight = true, class V>
 ML_HD void bce_elem(V x, V y, V w, V p, V& loss, V& grad) {
   const V one(1), zero(0);
   const V e = Ops::exp_nonpos(zero - Ops::abs(x));
   const V softplus_neg = Ops::log1p_unit(e) + Ops::clamp_min(zero - x, zero);
   const V sigmoid = Ops::where_nonneg(x, one, e) / (one + e);  // 1/(1+e) or e/(1+e): no overflow
-  const V log_weight = one + (p - one) * y;
-  loss = w * ((one - y) * x + log_weight * softplus_neg);
-  grad = w * (log_weight * sigmoid - p * y);
+  if constexpr (kPosWeight) {
+    const V log_weight = one + (p - one) * y;
+    loss = (one - y) * x + log_weight * softplus_neg;
+    grad = log_weight * sigmoid - p * y;
+  } else {
+    loss = (one - y) * x + softplus_neg;
+    grad = sigmoid - y;
+  }
+  if constexpr (kWeight) {
+    loss = w * loss;
+    grad = w * grad;
+  }
 }
 
 }  // namespace mlc::math

@@ -1,0 +1,42 @@
+#include "output_alloc.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace mlc {
+namespace {
+
+constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+// Below this a buffer holds at most one aligned 2 MiB page, and glibc usually hands back memory that
+// is already mapped (its mmap threshold adapts to repeated sizes), so there is nothing to win.
+constexpr size_t kMinBytes = size_t(4) << 20;
+
+bool huge_pages_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("MULTILABEL_CUDA_HUGE_PAGES");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return enabled;
+}
+
+}  // namespace
+
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor out = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (out.is_cpu() && out.nbytes() >= kMinBytes && huge_pages_enabled()) {
+    const auto start = reinterpret_cast<uintptr_t>(out.data_ptr());
+    const uintptr_t begin = (start + kHugePage - 1) & ~(kHugePage - 1);
+    const uintptr_t end = (start + out.nbytes()) & ~(kHugePage - 1);
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  }
+#endif
+  return out;
+}
+
+}  // namespace mlc

@@ -1,0 +1,16 @@
+// Allocation of the fused ops' outputs (the gradient, and an elementwise loss).
+#pragma once
+#include <ATen/ATen.h>
+
+namespace mlc {
+
+// at::empty, and on the CPU, for buffers of at least 4 MiB, a request for transparent huge pages on
+// the buffer's 2 MiB-aligned interior (madvise MADV_HUGEPAGE, before anything touches it). Why: a
+// fresh N x C gradient costs one page fault per 4 KiB on first write, which on the reference VM is
+// ~100 ms for 128 MiB (more than the whole fused pass); 2 MiB pages cut that ~5x. torch's own
+// THP_MEM_ALLOC_ENABLE=1 does the same for every allocation; this only touches our outputs.
+// Advisory: where THP is off ('never') or madvise fails, nothing changes. Opt out with
+// MULTILABEL_CUDA_HUGE_PAGES=0.
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+}  // namespace mlc
