@@ -1,6 +1,6 @@
 // Every schema of the library, in one place. Each op returns (loss, grad): grad is the input gradient
 // for an upstream gradient of 1, computed in the same pass when compute_grad is set (else empty);
-// autograd (multilabel_cuda/_ops.py) saves it and backward only scales it.
+// autograd (csrc/autograd.cpp) saves it and backward only scales it.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -21,6 +21,13 @@ TORCH_LIBRARY(multilabel_cuda, m) {
   // Python API always passes 0, tests force each method.
   m.def("multilabel_margin(Tensor input, Tensor target, int reduction, bool compute_grad, "
         "int algo=0) -> (Tensor, Tensor)");
+  // Backward of bce_with_logits (row_mean false) / multilabel_soft_margin (true) where differentiable
+  // formulas are needed (create_graph, target gradients): (d/d input, d/d target) times grad_loss,
+  // each an empty tensor unless asked for. Its kernel is Python (multilabel_cuda/_ops.py: the
+  // reference formulas, CompositeImplicitAutograd); csrc/autograd.cpp calls it.
+  m.def("bce_backward_reference(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
+        "Tensor? pos_weight, int reduction, bool row_mean, bool input_grad, bool target_grad) "
+        "-> (Tensor, Tensor)");
   // Which CPU vector ISA the library was compiled for ("avx2" or "default"): Python refuses to use
   // an AVX2 build on a CPU without AVX2 instead of crashing on an illegal instruction.
   m.def("cpu_isa() -> str", []() -> std::string {

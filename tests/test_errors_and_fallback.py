@@ -130,6 +130,6 @@ def test_device_without_a_kernel_for_one_op_uses_reference(monkeypatch):
     target = torch.tensor([[0, 2, -1, 0, 0], [4, -1, 0, 0, 0], [1, 3, 0, -1, 0]])
     margin = MF.multilabel_margin_loss(x, target)
     bce = MF.binary_cross_entropy_with_logits(x, torch.rand(3, 5))
-    assert "multilabel_cuda" not in type(margin.grad_fn).__name__
-    assert "multilabel_cuda" in type(bce.grad_fn).__name__
+    assert "multilabel_cuda" not in margin.grad_fn.name()
+    assert "multilabel_cuda" in bce.grad_fn.name()
     torch.testing.assert_close(margin, torch.nn.functional.multilabel_margin_loss(x, target))

@@ -123,3 +123,66 @@ def test_direct_op_without_grad_refuses_backward():
     assert grad.numel() == 0
     with pytest.raises(RuntimeError, match="compute_grad=False"):
         loss.backward()
+
+
+# --- The gradient buffer: backward gives the op's buffer away (no N x C copy or product) and a
+# retained graph recomputes it. Each case: (functional loss, native loss, args).
+def _buffer_cases():
+    x = torch.randn(6, 9, dtype=torch.float64)
+    y = torch.rand(6, 9, dtype=torch.float64)
+    t = torch.tensor([[0, 3, -1] + [0] * 6, [8, -1] + [0] * 7] * 3)
+    pw = torch.rand(9, dtype=torch.float64) + 0.5
+    F = torch.nn.functional
+    return {
+        "bce": (MF.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, x, y,
+                dict(pos_weight=pw)),
+        "soft_margin": (MF.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss, x, y, {}),
+        "margin": (MF.multilabel_margin_loss, F.multilabel_margin_loss, x, t, {}),
+    }
+
+
+BUFFER_CASES = _buffer_cases()
+
+
+@pytest.mark.parametrize("case", BUFFER_CASES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_retained_graph_after_the_buffer_was_given_away(case, reduction):
+    ours_fn, native_fn, x, y, kw = BUFFER_CASES[case]
+    x = x.clone().requires_grad_()
+    loss = ours_fn(x, y, reduction=reduction, **kw)
+    native = native_fn(x, y, reduction=reduction, **kw)
+    ones, twos = torch.ones_like(loss), torch.full_like(loss, 2.0)
+    per_elem = torch.rand_like(loss)
+    for upstream in (ones, twos, per_elem, ones):
+        (got,) = torch.autograd.grad(loss, x, upstream, retain_graph=True)
+        (want,) = torch.autograd.grad(native, x, upstream, retain_graph=True)
+        torch.testing.assert_close(got, want)
+        got.fill_(123.0)  # the caller owns what it got: the next backward must not see this
+    loss.backward(ones, retain_graph=True)
+    loss.backward(twos)
+    torch.testing.assert_close(x.grad, 3 * torch.autograd.grad(native, x, ones)[0])
+
+
+@pytest.mark.parametrize("case", BUFFER_CASES)
+def test_backward_adopts_the_op_buffer_without_a_copy(case):
+    """loss.backward() on a leaf: x.grad is the buffer the fused pass wrote (AccumulateGrad steals
+    it because backward dropped its own reference)."""
+    _, native_fn, x, y, kw = BUFFER_CASES[case]
+    x = x.clone().requires_grad_()
+    op = {"bce": lambda: torch.ops.multilabel_cuda.bce_with_logits(x, y, None, kw["pos_weight"], 1, True),
+          "soft_margin": lambda: torch.ops.multilabel_cuda.multilabel_soft_margin(x, y, None, 1, True),
+          "margin": lambda: torch.ops.multilabel_cuda.multilabel_margin(x, y, 1, True)}[case]
+    loss, grad = op()
+    ptr = grad.data_ptr()
+    del grad
+    loss.backward()
+    assert x.grad.data_ptr() == ptr
+    torch.testing.assert_close(x.grad, torch.autograd.grad(native_fn(x, y, **kw), x)[0])
+
+
+def test_gradient_output_modified_in_place_is_refused():
+    x = torch.randn(3, 4, requires_grad=True)
+    loss, grad = torch.ops.multilabel_cuda.bce_with_logits(x, torch.rand(3, 4), None, None, 1, True)
+    grad.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        loss.backward()
