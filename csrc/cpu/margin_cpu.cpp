@@ -19,7 +19,9 @@
 #include "../math/margin.h"
 #include "vec_io.h"
 
-#if defined(CPU_CAPABILITY_AVX2)
+// The AVX2 gather form of the counting path serves AVX512 builds too (AVX512 implies AVX2).
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+#define MLC_AVX2_GATHERS 1
 #include <immintrin.h>
 #endif
 
@@ -47,12 +49,21 @@ struct MarginVecOps {
   static V keep(V m, V v) { return v & m; }
 };
 
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(MLC_AVX2_GATHERS)
 // AVX2 form of math::margin_bucket_row for float compute (fp32/fp16/bf16 inputs): the same buckets,
 // gradient and (double) bucket sums, with the binary searches done by 8-lane gathers, 4 vectors in
 // flight (a gather's latency is several times its throughput). x is readable (NaN-padded) up to a
 // multiple of 32 columns; t[-1] is a finite sentinel; gtab[b] = mult_prefix[b] * scale; Q < 2^31.
 constexpr int64_t kAvx2Block = 32;
+
+// An AVX2 register as a Vectorized<float> (16 lanes in an AVX512 build: the upper 8 unused).
+inline Vectorized<float> as_vec(__m256 v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_castps256_ps512(v);
+#else
+  return v;
+#endif
+}
 
 template <class T, bool kGrad>
 void bucket_row_avx2(const float* x, int64_t C, const float* t, int64_t Q, const float* gtab,
@@ -93,7 +104,9 @@ void bucket_row_avx2(const float* x, int64_t C, const float* t, int64_t Q, const
                                     _mm256_cvtps_pd(_mm256_extractf128_ps(low, 1))));
       if constexpr (kGrad) {
         const int64_t c = i0 + 8 * v;
-        if (c < C) store(grad + c, Vectorized<float>(_mm256_i32gather_ps(gtab, b, 4)), C - c);
+        if (c < C) {
+          store(grad + c, as_vec(_mm256_i32gather_ps(gtab, b, 4)), std::min<int64_t>(8, C - c));
+        }
       }
     }
     const int m = static_cast<int>(std::min<int64_t>(kAvx2Block, C - i0));
@@ -203,7 +216,7 @@ double counting_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) 
   std::fill(s.cnt.begin(), s.cnt.begin() + copies, int64_t(0));
   std::fill(s.D.begin(), s.D.begin() + copies, 0.0);
   bool bucketed = false;
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(MLC_AVX2_GATHERS)
   if constexpr (std::is_same_v<A, float>) {
     if (Q < (int64_t(1) << 31)) {
       for (int64_t q = 0; q <= Q; ++q) s.gtab[q] = static_cast<float>(s.mult_prefix[q] * scale);
