@@ -49,22 +49,27 @@ struct VecOps<float> {
     p = at::vec::fmadd(p, r, V(1.6666665459e-1f));
     p = at::vec::fmadd(p, r, V(5.0000001201e-1f));
     p = at::vec::fmadd(p * r, r, r + V(1.0f));
+#if defined(CPU_CAPABILITY_AVX512)
+    return _mm512_scalef_ps(p, n);  // p * 2^n in one instruction, subnormal results rounded once
+#else
     return p * pow2(n + V(64.0f)) * V(5.42101086242752217e-20f);  // 2^-64
+#endif
   }
 
-  // log1p(e) for e in [0, 1]: 2 atanh(t) with t = e / (2 + e) in [0, 1/3]; the odd series through
-  // t^13 truncates below 1.5e-8 relative (t^14 / 15 <= 3^-14 / 15).
+  // log1p(e) for e in [0, 1]: e * P(e), P the degree-8 minimax fit of log1p(e)/e on [0, 1] in
+  // relative error (3.0e-8 before rounding; measured <= 2 ulp in float). Division-free: the
+  // 2 atanh(e / (2 + e)) series it replaces spent a division per element (13% of the BCE loop).
   ML_FORCE_INLINE static V log1p_unit(V e) {
-    const V t = e / (V(2.0f) + e);
-    const V t2 = t * t;
-    V p = V(1.0f / 13);
-    p = at::vec::fmadd(p, t2, V(1.0f / 11));
-    p = at::vec::fmadd(p, t2, V(1.0f / 9));
-    p = at::vec::fmadd(p, t2, V(1.0f / 7));
-    p = at::vec::fmadd(p, t2, V(1.0f / 5));
-    p = at::vec::fmadd(p, t2, V(1.0f / 3));
-    p = at::vec::fmadd(p, t2, V(1.0f));
-    return V(2.0f) * t * p;
+    V p = V(5.2326941098e-03f);
+    p = at::vec::fmadd(p, e, V(-2.9505237276e-02f));
+    p = at::vec::fmadd(p, e, V(7.8225947817e-02f));
+    p = at::vec::fmadd(p, e, V(-1.3663245296e-01f));
+    p = at::vec::fmadd(p, e, V(1.9106006444e-01f));
+    p = at::vec::fmadd(p, e, V(-2.4842982110e-01f));
+    p = at::vec::fmadd(p, e, V(3.3319096792e-01f));
+    p = at::vec::fmadd(p, e, V(-4.9999493140e-01f));
+    p = at::vec::fmadd(p, e, V(9.9999996988e-01f));
+    return p * e;
   }
 
  private:
