@@ -54,13 +54,11 @@ double bce_chunk(const BceParams<T>& P, int64_t r, int64_t c0, int64_t c1) {
   // Loss sums: up to kFlush vector adds in acc_t, then into double lanes, so a 1e6-long fp32 row
   // keeps ~1e-7 relative accuracy at the cost of one vector add per step.
   constexpr int kFlush = 16;
-  double lane_sums[L] = {};
+  DoubleLanes<acc_t> lane_sums;
   V block_sum(0);
   int pending = 0;
   auto flush = [&] {
-    acc_t tmp[L];
-    block_sum.store(tmp);
-    for (int64_t k = 0; k < L; ++k) lane_sums[k] += tmp[k];
+    lane_sums.add(block_sum);
     block_sum = V(0);
     pending = 0;
   };
@@ -86,9 +84,7 @@ double bce_chunk(const BceParams<T>& P, int64_t r, int64_t c0, int64_t c1) {
     emit(c, n, l, g);
   }
   flush();
-  double s = 0;
-  for (int64_t k = 0; k < L; ++k) s += lane_sums[k];
-  return s;
+  return lane_sums.total();
 }
 
 // The chunk function for the operands present.

@@ -140,6 +140,27 @@ struct Scratch {
   std::vector<float> gtab;
   std::vector<int64_t> occ_k;  // hinge count per target occurrence (counting path)
   std::vector<int64_t> tk;     // per column, 0 between rows: summed counts of a target column
+
+  // Room for a row of n target occurrences, grown on demand: a native (N, C) target leaves room for
+  // C per row but rows usually hold a few, and zero-filling everything for C (~150 bytes a column,
+  // per thread, per call) cost ~1900 page faults a call at 1024x32768 (26 ms -> 13 ms without).
+  void fit(int64_t n, bool counting) {
+    if (static_cast<int64_t>(thr.size()) < n) {
+      thr.resize(n);
+      tidx.resize(n);
+      K.resize(n);
+    }
+    if (counting && static_cast<int64_t>(mult.size()) < n) {
+      t.resize(n + 1, A(0));  // t[0] stays 0: the finite sentinel t[-1] of margin_bucket_row
+      mult.resize(n);
+      mult_prefix.resize(n + 1);
+      cnt.resize(math::kMarginBucketCopies * (n + 1));
+      D.resize(math::kMarginBucketCopies * (n + 1));
+      gtab.resize(n + 1);
+      sorted.reserve(n);
+      occ_k.resize(n);
+    }
+  }
 };
 
 // grad[idx[k]] = -(sum of cnt over all occurrences of idx[k]) * scale, rounded to T once: a target
@@ -164,7 +185,7 @@ double direct_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) {
   s.kacc.assign(P, V(A(0)));
   std::fill(s.K.begin(), s.K.begin() + P, int64_t(0));
   const V vscale(static_cast<A>(scale));
-  double lane_sums[L] = {};
+  DoubleLanes<A> lane_sums;
   int64_t blocks = 0;
   const A* thr = s.thr.data();
   for (int64_t c = 0; c < C; c += L) {
@@ -172,9 +193,7 @@ double direct_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) {
     V count(A(0)), sum(A(0));
     math::margin_direct_block<MarginVecOps>(x, thr, P, count, sum, s.kacc.data());
     if constexpr (kGrad) store(grad + c, count * vscale, C - c);
-    A tmp[L];
-    sum.store(tmp);
-    for (int64_t k = 0; k < L; ++k) lane_sums[k] += tmp[k];
+    lane_sums.add(sum);
     if (++blocks == kFlushBlocks || c + L >= C) {
       for (int64_t j = 0; j < P; ++j) {
         A kt[L];
@@ -188,9 +207,7 @@ double direct_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) {
     }
   }
   if constexpr (kGrad) write_target_grads(s.tk, grad, s.tidx.data(), s.K.data(), P, scale);
-  double loss = 0;
-  for (int64_t k = 0; k < L; ++k) loss += lane_sums[k];
-  return loss;
+  return lane_sums.total();
 }
 
 template <class T, bool kGrad>
@@ -253,11 +270,13 @@ double margin_row(const MarginParams<T>& P, int64_t r, Scratch<T>& s) {
   const int64_t C = P.cols;
   const T* x = P.input + r * P.input_row_stride;
   T* grad = kGrad ? P.grad + r * C : nullptr;
+  const int64_t* y = P.target ? P.target + r * P.target_row_stride : nullptr;
   int64_t np = 0;
-  if (P.target) {
-    const int64_t* y = P.target + r * P.target_row_stride;
-    for (; np < P.tcols && y[np] >= 0; ++np) s.tidx[np] = y[np];
-  }
+  while (y && np < P.tcols && y[np] >= 0) ++np;
+  const bool direct = P.algo == kMarginDirect ||
+                      (P.algo == kMarginAuto && np <= kDirectMaxTargets<A>);
+  s.fit(np, !direct);
+  std::copy(y, y + np, s.tidx.begin());
   if (np == 0) {
     if constexpr (kGrad) std::fill(grad, grad + C, T(0));
     return 0.0;
@@ -265,8 +284,6 @@ double margin_row(const MarginParams<T>& P, int64_t r, Scratch<T>& s) {
   for (int64_t c = 0; c < C; c += L) load(x + c, C - c).store(s.xs.data() + c, std::min(L, C - c));
   for (int64_t j = 0; j < np; ++j) s.thr[j] = math::margin_threshold<A>(s.xs[s.tidx[j]]);
   for (int64_t j = 0; j < np; ++j) s.xs[s.tidx[j]] = std::numeric_limits<A>::quiet_NaN();
-  const bool direct = P.algo == kMarginDirect ||
-                      (P.algo == kMarginAuto && np <= kDirectMaxTargets<A>);
   return direct ? direct_row<T, kGrad>(s, C, np, grad, P.grad_scale)
                 : counting_row<T, kGrad>(s, C, np, grad, P.grad_scale);
 }
@@ -276,22 +293,12 @@ void margin_cpu_impl(MarginPlan& plan) {
   using A = opmath_t<T>;
   constexpr int64_t kPad = 32;  // >= any vector width and bucket_row_avx2's block
   const MarginParams<T> P = plan.params<T>();
-  const int64_t C = P.cols, K = P.tcols;
+  const int64_t C = P.cols;
   std::vector<double> row_loss(P.rows);
   at::parallel_for(0, P.rows, std::max<int64_t>(1, kGrainElems / C), [&](int64_t r0, int64_t r1) {
     Scratch<T> s;  // one per thread (per range), reused by all its rows
     s.xs.assign((C + kPad - 1) / kPad * kPad, std::numeric_limits<A>::quiet_NaN());
-    s.thr.resize(K);
-    s.tidx.resize(K);
-    s.K.resize(K);
-    s.t.assign(K + 1, A(0));
-    s.mult.resize(K);
-    s.mult_prefix.resize(K + 1);
-    s.cnt.resize(math::kMarginBucketCopies * (K + 1));
-    s.D.resize(math::kMarginBucketCopies * (K + 1));
-    s.gtab.resize(K + 1);
-    s.sorted.reserve(K);
-    s.occ_k.resize(K);
+    s.t.assign(1, A(0));
     if (P.grad) s.tk.assign(C, 0);
     for (int64_t r = r0; r < r1; ++r) {
       row_loss[r] = P.grad ? margin_row<T, true>(P, r, s) : margin_row<T, false>(P, r, s);

@@ -79,6 +79,52 @@ struct VecOps<float> {
   }
 };
 
+// Per-lane double sums of Vectorized<A> values (a float vector widens into two double vectors), so
+// long float reductions keep double accuracy at a few vector ops per add instead of one scalar
+// convert + add per lane. total() adds the lanes in lane order.
+template <class A>
+struct DoubleLanes {
+  using VD = Vectorized<double>;
+  static constexpr int kParts = Vectorized<A>::size() / VD::size();  // 1 (double) or 2 (float)
+  VD part[kParts];
+
+  DoubleLanes() {
+    for (VD& p : part) p = VD(0.0);  // Vectorized's default constructor leaves lanes undefined
+  }
+
+  ML_FORCE_INLINE void add(const Vectorized<A>& v) {
+    if constexpr (kParts == 1) {
+      part[0] += v;
+    } else {
+#if defined(CPU_CAPABILITY_AVX512)
+      const __m512 f = v;
+      part[0] += VD(_mm512_cvtps_pd(_mm512_castps512_ps256(f)));
+      part[1] += VD(_mm512_cvtps_pd(_mm512_extractf32x8_ps(f, 1)));
+#elif defined(CPU_CAPABILITY_AVX2)
+      const __m256 f = v;
+      part[0] += VD(_mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+      part[1] += VD(_mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+#else
+      A tmp[Vectorized<A>::size()];
+      v.store(tmp);
+      for (int k = 0; k < kParts; ++k) {
+        double d[VD::size()];
+        for (int64_t i = 0; i < VD::size(); ++i) d[i] = tmp[k * VD::size() + i];
+        part[k] += VD::loadu(d);
+      }
+#endif
+    }
+  }
+
+  double total() const {
+    double lanes[kParts * VD::size()];
+    for (int k = 0; k < kParts; ++k) part[k].store(lanes + k * VD::size());
+    double s = 0;
+    for (double l : lanes) s += l;
+    return s;
+  }
+};
+
 // Loads n (<= lanes) elements of T into a Vectorized<opmath_t<T>>; lanes past n are unspecified.
 template <class T>
 inline Vectorized<opmath_t<T>> load(const T* p, int64_t n) {
