@@ -26,6 +26,7 @@ struct VecOps {
   ML_FORCE_INLINE static V abs(V v) { return v.abs(); }
   ML_FORCE_INLINE static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }  // max(lo, v): NaN stays
   ML_FORCE_INLINE static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
+  ML_FORCE_INLINE static V fma(V a, V b, V c) { return at::vec::fmadd(a, b, c); }
 };
 
 template <>
@@ -34,6 +35,7 @@ struct VecOps<float> {
   ML_FORCE_INLINE static V abs(V v) { return v.abs(); }
   ML_FORCE_INLINE static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }
   ML_FORCE_INLINE static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
+  ML_FORCE_INLINE static V fma(V a, V b, V c) { return at::vec::fmadd(a, b, c); }
 
   // exp(x) for x <= 0 (NaN propagates): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and the
   // classic degree-6 minimax polynomial (Cephes expf). n <= 0, so 2^(n + 64) is a normal float and

@@ -13,6 +13,7 @@ struct ScalarOps {
   static ML_HD T abs(T v) { using std::fabs; return fabs(v); }
   static ML_HD T clamp_min(T v, T lo) { return v < lo ? lo : v; }  // NaN stays NaN
   static ML_HD T where_nonneg(T x, T a, T b) { return x >= T(0) ? a : b; }
+  static ML_HD T fma(T a, T b, T c) { return a * b + c; }  // nvcc contracts it
 };
 
 }  // namespace mlc::math
