@@ -7,7 +7,7 @@ export CUDA_HOME
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build venv clean cpp-test
+.PHONY: test bench build venv clean cpp-test isa-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ build: $(VENV)/.built
 test: build
 	$(PY) -m pytest -q tests
 	$(MAKE) cpp-test
+	$(MAKE) isa-test
+
+# The CPU tests again for each other vector ISA this CPU runs (e.g. AVX2 and the portable path on an
+# AVX512 machine), each built CPU-only into build-isa/: see tests/cpu_isa_variants.py.
+isa-test: build
+	$(PY) tests/cpu_isa_variants.py
 
 # SIMT-emulated CUDA kernels (tests/cpp): plain, ThreadSanitizer and AddressSanitizer builds, and
 # the deliberately broken variants the sanitizers must catch. Needs only a C++20 compiler and CMake.
@@ -44,4 +50,4 @@ bench: build
 	$(PY) -m bench.compare $(BENCH_ARGS)
 
 clean:
-	rm -rf build build-cmake $(VENV) multilabel_cuda/_C*.so *.egg-info
+	rm -rf build build-cmake build-isa $(VENV) multilabel_cuda/_C*.so *.egg-info
