@@ -2,7 +2,7 @@
 
 Arguments are validated here, once, for every backend; then the fused op runs (or the reference
 implementation, when the extension is unavailable or a case needs autograd it does not cover:
-forward-mode AD, or gradients w.r.t. weight/pos_weight)."""
+forward-mode AD, torch.func transforms, or gradients w.r.t. weight/pos_weight)."""
 import torch
 from torch.autograd import forward_ad
 
@@ -56,6 +56,10 @@ def _result_dtype(input, target):
 
 def _needs_reference(*tensors):
     if forward_ad._current_level >= 0:  # inside fwAD.dual_level(): the fused op has no jvp
+        return True
+    # torch.func.grad / vjp / vmap / jacrev: they cannot see through a C++ autograd.Function, and
+    # vmap would loop over the op; the reference is plain torch ops, which every transform handles.
+    if torch._C._are_functorch_transforms_active():
         return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 

@@ -58,6 +58,10 @@ def bce_grad_target(input, target, weight, pos_weight, scale):
 def check_margin_target(target, cols):
     """The whole target (also past the first -1) must lie in [-1, cols), as native checks; the same
     words as the C++ check of the extension (csrc/margin_plan.cpp)."""
+    # Under torch.func transforms the check reads the tensor beneath the wrappers: vmap cannot run
+    # .item(), and the batched whole holds every sample's target (one check covers them all).
+    while torch._C._functorch.is_functorch_wrapped_tensor(target):
+        target = torch._C._functorch.get_unwrapped(target)
     if target.numel() == 0:
         return
     lo, hi = int(target.min()), int(target.max())
@@ -79,10 +83,12 @@ def multilabel_margin_loss(input, target, reduction):
     idx = torch.where(valid, t, torch.zeros_like(t))
     # scatter_add, not scatter_: placeholder 0s of invalid slots must not overwrite a real target 0.
     hits = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
-    is_target = hits.scatter_add_(1, idx, valid.to(torch.int64)) > 0
+    is_target = hits.scatter_add(1, idx, valid.to(torch.int64)) > 0
     row = x.new_zeros(x.size(0))
+    # The early exit reads a value, which vmap cannot: under torch.func every slot is visited.
+    early_exit = not torch._C._are_functorch_transforms_active()
     for k in range(t.size(1)):
-        if not bool(valid[:, k].any()):
+        if early_exit and not bool(valid[:, k].any()):
             break
         z = 1 - x.gather(1, idx[:, k:k + 1]) + x
         keep = (z > 0) & ~is_target & valid[:, k:k + 1]

@@ -186,3 +186,15 @@ def test_gradient_output_modified_in_place_is_refused():
     grad.add_(1.0)
     with pytest.raises(RuntimeError, match="modified in place"):
         loss.backward()
+
+
+@pytest.mark.parametrize("case", BUFFER_CASES)
+def test_torch_func_transforms(case):
+    """torch.func cannot see through a C++ autograd.Function: under its transforms the losses run
+    the reference (plain torch ops), so grad, vmap, vmap(grad) and jacrev all match native."""
+    ours_fn, native_fn, x, y, kw = BUFFER_CASES[case]
+    for transform in (lambda f: torch.func.grad(f), lambda f: torch.vmap(f),
+                      lambda f: torch.vmap(torch.func.grad(f)), lambda f: torch.func.jacrev(f)):
+        got = transform(lambda x, y: ours_fn(x, y, **kw))(x, y)
+        want = transform(lambda x, y: native_fn(x, y, **kw))(x, y)
+        torch.testing.assert_close(got, want)
