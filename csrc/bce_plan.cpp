@@ -32,8 +32,12 @@ int64_t flat_col_stride(const at::Tensor& v) {
 // Elementwise BCE does not care where rows end: when every operand allows it, treat (rows, cols) as
 // one row of rows*cols, so (N, 1) binary logits or short class dims split into long chunks instead
 // of paying per-row setup (and a partial sum) for every few elements.
+// Input and target must come out with unit column stride (the kernels read them contiguously): an
+// expanded (N, 1) input has evenly spaced rows too, at stride 0, and read as one contiguous row it
+// gave wrong values (found by tests/test_fuzz.py).
 void flatten_rows(BcePlan& plan) {
   at::Tensor* operands[] = {&plan.input, &plan.target, &plan.weight, &plan.pos_weight};
+  if (flat_col_stride(plan.input) != 1 || flat_col_stride(plan.target) != 1) return;
   for (at::Tensor* t : operands) {
     if (t->defined() && flat_col_stride(*t) < 0) return;
   }

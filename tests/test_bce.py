@@ -239,6 +239,28 @@ def test_training_loop_matches_native():
     torch.testing.assert_close(histories[0], histories[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_expanded_single_column_input(reduction):
+    """Regression (tests/test_fuzz.py case 44): an expanded (N, 1) input has stride-0 rows, and the
+    plan read it as one contiguous row of N values."""
+    x = torch.randn(1, 1).expand(5, 1).requires_grad_()
+    y = torch.rand(1, 1).expand(5, 1)
+    ours = MF.binary_cross_entropy_with_logits(x, y, reduction=reduction)
+    native = F.binary_cross_entropy_with_logits(x, y, reduction=reduction)
+    torch.testing.assert_close(ours, native)
+    torch.testing.assert_close(*[torch.autograd.grad(v.sum(), x)[0] for v in (ours, native)])
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (0, 1, 0), (2, 0, 0)], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_soft_margin_no_rows_and_no_classes(shape, reduction):
+    """Regression (tests/test_fuzz.py case 602): no rows of no classes sums to 0, not 0/0."""
+    x, y = torch.randn(shape), torch.rand(shape)
+    torch.testing.assert_close(MF.multilabel_soft_margin_loss(x, y, reduction=reduction),
+                               F.multilabel_soft_margin_loss(x, y, reduction=reduction),
+                               equal_nan=True)
+
+
 def test_backward_with_retained_graph_accumulates():
     x = torch.randn(4, 6, requires_grad=True)
     y = torch.rand(4, 6)

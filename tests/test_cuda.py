@@ -150,7 +150,7 @@ def test_deterministic():
             assert torch.equal(u, v)
 
 
-@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0,)], ids=str)
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0,), (0, 0), (2, 0, 0)], ids=str)
 def test_empty_batch(shape):
     x = torch.randn(shape, device="cuda", requires_grad=True)
     y = torch.rand(shape, device="cuda")
@@ -164,6 +164,15 @@ def test_empty_batch(shape):
         got = MF.multilabel_soft_margin_loss(x, y, reduction=red)
         want = F.multilabel_soft_margin_loss(x.detach(), y, reduction=red)
         torch.testing.assert_close(got, want, equal_nan=True)
+
+
+def test_expanded_single_column_input():
+    """An expanded (N, 1) input has stride-0 rows: it must not be read as one contiguous row."""
+    x = torch.randn(1, 1, device="cuda").expand(5, 1)
+    y = torch.rand(1, 1, device="cuda").expand(5, 1)
+    for red in REDUCTIONS:
+        torch.testing.assert_close(MF.binary_cross_entropy_with_logits(x, y, reduction=red),
+                                   F.binary_cross_entropy_with_logits(x, y, reduction=red))
 
 
 def test_large_rows_and_extremes():

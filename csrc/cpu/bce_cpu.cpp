@@ -125,7 +125,8 @@ void bce_cpu_impl(BcePlan& plan) {
   }
   double total = 0;
   for (double s : partial) total += s;
-  if (plan.row_mean) total /= cols;
+  // Soft margin sums per-row means: no rows is 0 (also for 0 classes); rows of 0 classes are NaN.
+  if (plan.row_mean && P.rows > 0) total /= cols;
   if (plan.reduction == kMean) total /= static_cast<double>(plan.mean_count());
   *plan.loss.mutable_data_ptr<T>() = static_cast<T>(total);
 }

@@ -45,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& input,
   if (plan.rows * plan.cols == 0) {  // nothing to launch; reduced values as the CPU kernel gives
     if (plan.loss.numel() > 0) {
       double v = 0.0;
-      if (row_mean) v /= static_cast<double>(plan.cols);
+      if (row_mean && plan.rows > 0) v /= static_cast<double>(plan.cols);  // as bce_cpu.cpp
       if (reduction == kMean) v /= static_cast<double>(plan.mean_count());
       plan.loss.fill_(v);
     }
