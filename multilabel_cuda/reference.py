@@ -84,7 +84,9 @@ def multilabel_margin_loss(input, target, reduction):
     # scatter_add, not scatter_: placeholder 0s of invalid slots must not overwrite a real target 0.
     hits = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
     is_target = hits.scatter_add(1, idx, valid.to(torch.int64)) > 0
-    row = x.new_zeros(x.size(0))
+    # Zeros that are part of the graph (a sum over no columns): with no target anywhere the loss
+    # must still require grad, as native's does (0 * x would turn inf scores into NaN).
+    row = x.narrow(1, 0, 0).sum(dim=1)
     # The early exit reads a value, which vmap cannot: under torch.func every slot is visited.
     early_exit = not torch._C._are_functorch_transforms_active()
     for k in range(t.size(1)):

@@ -13,7 +13,8 @@ CASES = 1000
 
 
 def _layout(t, gen):
-    """Same values, another memory layout: transposed copy, sliced, or expanded from a smaller one."""
+    """Another memory layout: a permuted copy or a strided slice (same values), or the first row
+    expanded over the others (new values, the same for both implementations)."""
     kind = int(torch.randint(0, 4, (), generator=gen))
     if kind == 1 and t.dim() >= 2:  # permuted storage
         perm = torch.randperm(t.dim(), generator=gen).tolist()
@@ -84,3 +85,55 @@ def _check_case(case):
     assert ours.shape == native.shape and ours.dtype == native.dtype
     torch.testing.assert_close(ours, native, equal_nan=True, **tol(dtype))
     torch.testing.assert_close(g_ours, g_native, equal_nan=True, **tol(dtype))
+
+
+def _check_margin_case(case):
+    gen = torch.Generator().manual_seed(10_000 + case)
+    dtype = (torch.float32, torch.float64)[case % 2]
+    reduction = ("none", "mean", "sum")[case % 3]
+    nd = int(torch.randint(0, 3, (), generator=gen))
+    cols = int(torch.randint(1, 40, (), generator=gen)) if nd else 1
+    rows = int(torch.randint(0, 6, (), generator=gen))
+    shape = (rows, cols) if nd == 2 else (cols,) if nd == 1 else ()
+    scale = float(torch.tensor([1.0, 4.0, 1e4])[int(torch.randint(0, 3, (), generator=gen))])
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale)
+    if torch.rand((), generator=gen) < 0.3:  # integer scores: hinges exactly at 0
+        x = x.round()
+    x = _layout(x.to(dtype), gen)
+    # Native's target: same shape, class indices (duplicates allowed) cut at the first -1, then junk.
+    n_rows = rows if nd == 2 else 1
+    full = torch.randint(0, cols, (n_rows, cols), generator=gen)
+    for r in range(n_rows):
+        p = int(torch.randint(0, cols + 1, (), generator=gen))
+        if p < cols:
+            full[r, p] = -1
+    full = _layout(full.reshape(shape) if nd else full.reshape(()), gen)
+    # Ours also takes a compact target: the first K <= C columns (K past every row's -1), a view.
+    target = full
+    if nd and torch.rand((), generator=gen) < 0.5:
+        ends = [(int((row == -1).nonzero()[0]) + 1 if (row == -1).any() else cols)
+                for row in full.reshape(n_rows, cols)]
+        target = full[..., :max(ends, default=0)]
+    # The oracle runs in float64: native float32 accumulates a target's gradient hinge by hinge
+    # (off by ~1e-5 relative with many duplicates), ours sums counts exactly and rounds once.
+    xo, xn = x.detach().requires_grad_(), x.detach().double().requires_grad_()
+    ours = MF.multilabel_margin_loss(xo, target, reduction=reduction)
+    native = F.multilabel_margin_loss(xn, full, reduction=reduction)
+    assert ours.shape == native.shape and ours.dtype == dtype
+    if nd == 2 and rows == 0 and reduction == "mean":  # native: uninitialized memory; ours: NaN
+        native = torch.tensor(float("nan"), dtype=torch.float64)
+    torch.testing.assert_close(ours, native.to(dtype), equal_nan=True, **tol(dtype))
+    if native.numel() and x.numel():
+        g_ours = torch.autograd.grad(ours.sum(), xo)[0]
+        g_native = torch.autograd.grad(native.sum(), xn)[0]
+        torch.testing.assert_close(g_ours, g_native.to(dtype), equal_nan=True, **tol(dtype))
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("case", range(300))
+def test_random_margin_cases(case, backend):
+    multilabel_cuda.set_backend(backend)
+    try:
+        _check_margin_case(case)
+    finally:
+        multilabel_cuda.set_backend("auto")
