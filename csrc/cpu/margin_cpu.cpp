@@ -39,8 +39,17 @@ constexpr int64_t kGrainElems = 32768;  // below this many scores, threading cos
 // (P = 256: fp32 52.0/13.8, fp64 90.4/22.8.) The counting path pays ~3 gathers + a scalar bucket
 // update per column whatever P is, so the crossover is P ~ 48-64 for float compute (fp32, fp16,
 // bf16; AVX2 gathers) and P ~ 24 for fp64 (scalar lock-step searches).
+// AVX512 (16 float lanes for the direct loop; the gathers stay 8-wide), Zen 5, same protocol:
+//   P     8         32        64        96        112       128       160
+//   fp32  0.81/3.01 1.73/3.71 2.99/4.38 4.20/5.08 4.83/5.18 5.41/5.33 6.90/5.88
+//   fp64  1.50/3.75 3.10/5.06 5.56/6.11 7.86/6.99 (P = 80: 6.66/6.89)
+#if defined(CPU_CAPABILITY_AVX512)
+template <class A>
+constexpr int64_t kDirectMaxTargets = std::is_same_v<A, float> ? 120 : 80;
+#else
 template <class A>
 constexpr int64_t kDirectMaxTargets = std::is_same_v<A, float> ? 48 : 24;
+#endif
 
 struct MarginVecOps {
   template <class V>
