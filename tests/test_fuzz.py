@@ -1,6 +1,8 @@
-"""Random layouts against torch.nn.functional (the oracle): shapes of 0-4 dims with empty and unit
-dims, permuted / sliced / expanded inputs and targets, broadcast weight / pos_weight, all reductions,
-float32 and float64. Fixed seeds: a failure names its case number and replays."""
+"""Random cases against torch.nn.functional (the oracle), on the extension and the reference.
+BCE / soft margin: shapes of 0-4 dims with empty and unit dims, permuted / sliced / expanded inputs
+and targets, broadcast weight / pos_weight. Margin: 0-2 dims, duplicated and junk-padded targets,
+integer and 1e4-scaled scores, compact and strided targets. All reductions, float32 and float64.
+Fixed seeds: a failure names its case number and replays."""
 import pytest
 import torch
 import torch.nn.functional as F
