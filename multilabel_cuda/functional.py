@@ -18,6 +18,8 @@ def _fail(fn, msg):
 def _check_tensor(fn, name, t):
     if not isinstance(t, torch.Tensor):
         _fail(fn, f"{name} must be a Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:  # native fails deep inside (no sparse log_sigmoid / margin kernel)
+        _fail(fn, f"{name} must be a dense (strided) tensor, got layout {t.layout}")
 
 
 def _check_floating(fn, name, t):

@@ -62,7 +62,7 @@ def check_margin_target(target, cols):
     # .item(), and the batched whole holds every sample's target (one check covers them all).
     while torch._C._functorch.is_functorch_wrapped_tensor(target):
         target = torch._C._functorch.get_unwrapped(target)
-    if target.numel() == 0:
+    if target.numel() == 0 or target.device.type == "meta":  # a meta tensor has no values to check
         return
     lo, hi = int(target.min()), int(target.max())
     if lo < -1 or hi >= cols:
@@ -87,8 +87,8 @@ def multilabel_margin_loss(input, target, reduction):
     # Zeros that are part of the graph (a sum over no columns): with no target anywhere the loss
     # must still require grad, as native's does (0 * x would turn inf scores into NaN).
     row = x.narrow(1, 0, 0).sum(dim=1)
-    # The early exit reads a value, which vmap cannot: under torch.func every slot is visited.
-    early_exit = not torch._C._are_functorch_transforms_active()
+    # The early exit reads a value, which vmap and meta tensors cannot: then every slot is visited.
+    early_exit = not torch._C._are_functorch_transforms_active() and x.device.type != "meta"
     for k in range(t.size(1)):
         if early_exit and not bool(valid[:, k].any()):
             break

@@ -27,6 +27,10 @@ def _cases():
         (BCE, (x, y.to("meta")), {}, r"target is on meta but input is on cpu"),
         (BCE, (x, y), {"weight": torch.rand(5, device="meta")}, r"weight is on meta"),
         (BCE, (x, [1.0] * 5), {}, r"target must be a Tensor"),
+        (BCE, (x.to_sparse(), y), {}, r"input must be a dense \(strided\) tensor, got layout torch.sparse_coo"),
+        (SOFT, (x, y.to_sparse()), {}, r"target must be a dense \(strided\) tensor"),
+        (MF.multilabel_margin_loss, (x, torch.zeros(4, 5, dtype=torch.long).to_sparse()), {},
+         r"target must be a dense"),
         (SOFT, (torch.randn(()), torch.rand(())), {}, r"at least one dimension"),
         (SOFT, (x, torch.rand(3, 5)), {}, r"target of shape \(3, 5\) is not broadcastable"),
         (SOFT, (x, y.bool()), {}, r"target must be a real floating-point or integer tensor"),
@@ -133,3 +137,17 @@ def test_device_without_a_kernel_for_one_op_uses_reference(monkeypatch):
     assert "multilabel_cuda" not in margin.grad_fn.name()
     assert "multilabel_cuda" in bce.grad_fn.name()
     torch.testing.assert_close(margin, torch.nn.functional.multilabel_margin_loss(x, target))
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_meta_tensors_give_native_shapes(reduction):
+    """Shape inference on the meta device (no values: the margin range check is skipped there)."""
+    x, y = torch.randn(4, 5, device="meta"), torch.rand(4, 5, device="meta")
+    t = torch.zeros(4, 5, dtype=torch.long, device="meta")
+    F = torch.nn.functional
+    for ours, native in ((BCE(x, y, reduction=reduction), F.binary_cross_entropy_with_logits(x, y, reduction=reduction)),
+                         (SOFT(x, y, reduction=reduction), F.multilabel_soft_margin_loss(x, y, reduction=reduction)),
+                         (MF.multilabel_margin_loss(x, t, reduction=reduction),
+                          F.multilabel_margin_loss(x, t, reduction=reduction))):
+        assert ours.device.type == "meta"
+        assert ours.shape == native.shape and ours.dtype == native.dtype
