@@ -56,6 +56,13 @@ void keep_grad(AutogradContext* ctx, const at::Tensor& grad, bool compute_grad) 
   ctx->set_materialize_grads(false);
 }
 
+template <class Fn>
+auto find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+}
+
+using ScaleOp = void(at::Tensor&, const at::Tensor&);
+
 // d(loss)/d(input) * upstream for a backward that builds no graph. `recompute` reruns the op for
 // its gradient (upstream 1) when an earlier backward of a retained graph has given the kept one away.
 at::Tensor scaled_grad(AutogradContext* ctx, const at::Tensor& upstream,
@@ -78,19 +85,15 @@ at::Tensor scaled_grad(AutogradContext* ctx, const at::Tensor& upstream,
     return grad * upstream;
   }
   if (kept != ctx->saved_data.end()) ctx->saved_data.erase(kept);  // the buffer is ours to give
-  // loss.backward() on the CPU: an upstream of exactly 1 needs no N x C pass at all (on CUDA,
-  // reading it would cost a device sync, so it is multiplied like any other).
-  if (grad.is_cpu() && upstream.numel() == 1 && upstream.item<double>() == 1.0) return grad;
   if (upstream.dim() <= grad.dim() && upstream.dtype() == grad.dtype() &&
       at::infer_size(grad.sizes(), upstream.sizes()) == grad.sizes()) {
-    return grad.mul_(upstream);
+    // In place; loss.backward()'s upstream of exactly 1 costs no N x C pass (ops.cpp).
+    static auto scale = find_op<ScaleOp>("multilabel_cuda::_scale_grad_");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain tensors that need no grad
+    scale.call(grad, upstream);
+    return grad;
   }
   return grad * upstream;
-}
-
-template <class Fn>
-auto find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
 }
 
 using BceOp = OpPair(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,

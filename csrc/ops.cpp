@@ -21,6 +21,11 @@ TORCH_LIBRARY(multilabel_cuda, m) {
   // Python API always passes 0, tests force each method.
   m.def("multilabel_margin(Tensor input, Tensor target, int reduction, bool compute_grad, "
         "int algo=0) -> (Tensor, Tensor)");
+  // Backward's grad *= upstream, in place on the op's own gradient buffer (csrc/autograd.cpp), for
+  // an upstream broadcastable to grad with grad's dtype and device. Its own op so that each device
+  // skips loss.backward()'s upstream of exactly 1 its own way: the CPU reads it, a CUDA kernel
+  // reads it on the device (reading it on the host would synchronize).
+  m.def("_scale_grad_(Tensor(a!) grad, Tensor upstream) -> ()");
   // Backward of bce_with_logits (row_mean false) / multilabel_soft_margin (true) where differentiable
   // formulas are needed (create_graph, target gradients): (d/d input, d/d target) times grad_loss,
   // each an empty tensor unless asked for. Its kernel is Python (multilabel_cuda/_ops.py: the

@@ -67,5 +67,9 @@ if AVAILABLE:
         loss = input.new_empty(input.shape[:-1] if reduction == NONE else ())
         return loss, input.new_empty(input.shape if compute_grad else (0,))
 
+    @torch.library.register_fake("multilabel_cuda::_scale_grad_")
+    def _(grad, upstream):
+        return None
+
     torch.library.impl("multilabel_cuda::bce_backward_reference", "CompositeImplicitAutograd",
                        _bce_backward_reference)

@@ -303,3 +303,26 @@ def test_margin_opcheck_and_gradcheck(reduction):
                           (x, y, reduction, True))
     red = REDUCTIONS[reduction]
     assert torch.autograd.gradcheck(lambda t: MF.multilabel_margin_loss(t, y, reduction=red), (x,))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_scales_in_place_and_skips_an_upstream_of_one(dtype):
+    """_scale_grad_ on the device: loss.backward() adopts the fused buffer as x.grad (upstream 1,
+    read on the device, leaves it as is); other upstreams scale it in place; a retained graph's next
+    backward recomputes the buffer it gave away."""
+    x = torch.randn(64, 300, device="cuda").to(dtype)
+    y = torch.rand(64, 300, device="cuda").to(dtype)
+    xr = x.float().requires_grad_()
+    (want,) = torch.autograd.grad(F.binary_cross_entropy_with_logits(xr, y.float()), xr)
+    rtol, atol = TOL[dtype]
+    xg = x.clone().requires_grad_()
+    loss, grad = torch.ops.multilabel_cuda.bce_with_logits(xg, y, None, None, 1, True)
+    ptr = grad.data_ptr()
+    del grad
+    loss.backward(retain_graph=True)
+    assert xg.grad.data_ptr() == ptr
+    torch.testing.assert_close(xg.grad.float(), want, rtol=rtol, atol=atol)
+    for upstream in (2.5, 1.0, 0.0):
+        (g,) = torch.autograd.grad(loss, xg, torch.tensor(upstream, device="cuda", dtype=dtype),
+                                   retain_graph=True)
+        torch.testing.assert_close(g.float(), want * upstream, rtol=rtol, atol=atol)

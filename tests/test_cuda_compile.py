@@ -14,9 +14,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(ROOT, "tests", "cuda_compile", "instantiate_kernels.cu")
 ARCHS = ("sm_80", "sm_90")
-# Kernels per element type in instantiate_kernels.cu: BCE's 3 fused modes + 2 second passes, and
-# the margin loss's direct kernel (it reuses the BCE second passes).
-KERNELS_PER_TYPE = 6
+# Kernels per element type in instantiate_kernels.cu: BCE's 3 fused modes + 2 second passes, the
+# margin loss's direct kernel (it reuses the BCE second passes) and backward's in-place scale.
+KERNELS_PER_TYPE = 7
 TYPES = 4
 
 

@@ -65,6 +65,18 @@ def _opcheck_samples():
     return samples
 
 
+@pytest.mark.parametrize("upstream", [torch.tensor(1.0), torch.tensor(2.5), torch.rand(5, 1),
+                                      torch.rand(5, 7)], ids=["one", "scalar", "per_row", "full"])
+def test_opcheck_scale_grad(upstream):
+    """Backward's in-place scale (ops.cpp): the schema declares the mutation; an upstream of 1 is a
+    no-op, anything else multiplies."""
+    grad = torch.randn(5, 7)
+    want = grad * upstream
+    torch.library.opcheck(torch.ops.multilabel_cuda._scale_grad_.default, (grad.clone(), upstream))
+    torch.ops.multilabel_cuda._scale_grad_(grad, upstream)
+    torch.testing.assert_close(grad, want)
+
+
 @pytest.mark.parametrize("name,args", _opcheck_samples())
 def test_opcheck(name, args):
     op = getattr(torch.ops.multilabel_cuda, name).default

@@ -6,6 +6,7 @@
 
 #include "cuda/bce_kernel.cuh"
 #include "cuda/margin_kernel.cuh"
+#include "cuda/scale_kernel.cuh"
 
 namespace mlc::cuda {
 #define MLC_INSTANTIATE_BCE(T)                                                                   \
@@ -32,4 +33,12 @@ MLC_INSTANTIATE_MARGIN(float)
 MLC_INSTANTIATE_MARGIN(double)
 MLC_INSTANTIATE_MARGIN(c10::Half)
 MLC_INSTANTIATE_MARGIN(c10::BFloat16)
+
+// Backward's in-place scale by an upstream read on the device.
+#define MLC_INSTANTIATE_SCALE(T) \
+  template __global__ void scale_by_device_scalar_kernel<T>(T*, const T*, const int64_t);
+MLC_INSTANTIATE_SCALE(float)
+MLC_INSTANTIATE_SCALE(double)
+MLC_INSTANTIATE_SCALE(c10::Half)
+MLC_INSTANTIATE_SCALE(c10::BFloat16)
 }  // namespace mlc::cuda
