@@ -159,15 +159,16 @@ struct BceFunction : torch::autograd::Function<Self> {
     const bool create_graph = at::GradMode::is_enabled();
     const int64_t reduction = ctx->saved_data["reduction"].toInt();
     const auto saved = ctx->get_saved_variables();  // input, target, weight, pos_weight
+    const at::Tensor upstream = per_element(grad_loss, kRowMean && reduction == kNone);
     if (want_input && !create_graph) {
-      out[0] = scaled_grad(ctx, per_element(grad_loss, kRowMean && reduction == kNone), [&] {
+      out[0] = scaled_grad(ctx, upstream, [&] {
         return std::get<1>(call_op(saved[0], saved[1], opt(saved[2]), opt(saved[3]), reduction,
                                    true));
       });
     }
     if ((want_input && create_graph) || want_target) {
       static auto ref = find_op<BceReferenceOp>("multilabel_cuda::bce_backward_reference");
-      auto [gi, gt] = ref.call(grad_loss, saved[0], saved[1], opt(saved[2]), opt(saved[3]),
+      auto [gi, gt] = ref.call(upstream, saved[0], saved[1], opt(saved[2]), opt(saved[3]),
                                reduction, kRowMean, want_input && create_graph, want_target);
       if (want_input && create_graph) out[0] = gi;
       if (want_target) out[1] = gt;

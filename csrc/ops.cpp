@@ -27,10 +27,11 @@ TORCH_LIBRARY(multilabel_cuda, m) {
   // reads it on the device (reading it on the host would synchronize).
   m.def("_scale_grad_(Tensor(a!) grad, Tensor upstream) -> ()");
   // Backward of bce_with_logits (row_mean false) / multilabel_soft_margin (true) where differentiable
-  // formulas are needed (create_graph, target gradients): (d/d input, d/d target) times grad_loss,
-  // each an empty tensor unless asked for. Its kernel is Python (multilabel_cuda/_ops.py: the
-  // reference formulas, CompositeImplicitAutograd); csrc/autograd.cpp calls it.
-  m.def("bce_backward_reference(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, "
+  // formulas are needed (create_graph, target gradients): (d/d input, d/d target) times upstream
+  // (the loss's gradient, already broadcastable to the input), each an empty tensor unless asked
+  // for. Its kernel is Python (multilabel_cuda/_ops.py: the reference formulas,
+  // CompositeImplicitAutograd); csrc/autograd.cpp calls it.
+  m.def("bce_backward_reference(Tensor upstream, Tensor input, Tensor target, Tensor? weight, "
         "Tensor? pos_weight, int reduction, bool row_mean, bool input_grad, bool target_grad) "
         "-> (Tensor, Tensor)");
   // Which CPU vector ISA the library was compiled for ("avx512", "avx2" or "default"): Python

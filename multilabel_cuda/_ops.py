@@ -34,13 +34,12 @@ def grad_scale(input, reduction, row_mean):
     return scale
 
 
-def _bce_backward_reference(grad_loss, input, target, weight, pos_weight, reduction, row_mean,
+def _bce_backward_reference(upstream, input, target, weight, pos_weight, reduction, row_mean,
                             input_grad, target_grad):
     """Kernel of multilabel_cuda::bce_backward_reference (CompositeImplicitAutograd): the gradients
     the fused op's C++ backward (csrc/autograd.cpp) takes from the differentiable reference formulas,
-    for double backward and target gradients."""
+    for double backward and target gradients. `upstream` already broadcasts to the input."""
     scale = grad_scale(input, reduction, row_mean)
-    upstream = grad_loss.unsqueeze(-1) if reduction == NONE and row_mean else grad_loss
     grad_input = grad_target = input.new_empty(0)
     if input_grad:
         grad_input = reference.bce_grad_input(input, target, weight, pos_weight, scale) * upstream

@@ -47,14 +47,17 @@ def _broadcastable(shape, gen):
     return tuple(sub)
 
 
-@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.fixture(params=["auto", "reference"])
+def backend(request):
+    """Each case on the extension and on the pure-PyTorch reference."""
+    multilabel_cuda.set_backend(request.param)
+    yield request.param
+    multilabel_cuda.set_backend("auto")
+
+
 @pytest.mark.parametrize("case", range(CASES))
 def test_random_layouts(case, backend):
-    multilabel_cuda.set_backend(backend)
-    try:
-        _check_case(case)
-    finally:
-        multilabel_cuda.set_backend("auto")
+    _check_case(case)
 
 
 def _check_case(case):
@@ -131,11 +134,6 @@ def _check_margin_case(case):
         torch.testing.assert_close(g_ours, g_native.to(dtype), equal_nan=True, **tol(dtype))
 
 
-@pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("case", range(300))
 def test_random_margin_cases(case, backend):
-    multilabel_cuda.set_backend(backend)
-    try:
-        _check_margin_case(case)
-    finally:
-        multilabel_cuda.set_backend("auto")
+    _check_margin_case(case)

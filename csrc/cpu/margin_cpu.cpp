@@ -179,9 +179,10 @@ struct Scratch {
 // column to sum the repeats (a per-column count table was 8 bytes a column per thread: 8 MB at
 // C = 1e6; sorting always cost 25% of the counting path at 256 positives).
 template <class T>
-void write_target_grads(std::vector<uint64_t>& seen,
-                        std::vector<std::pair<int64_t, int64_t>>& by_col, T* grad,
-                        const int64_t* idx, const int64_t* cnt, int64_t n, double scale) {
+void write_target_grads(Scratch<T>& s, T* grad, const int64_t* idx, const int64_t* cnt, int64_t n,
+                        double scale) {
+  auto& seen = s.seen;
+  auto& by_col = s.by_col;
   uint64_t repeated = 0;
   for (int64_t k = 0; k < n; ++k) {
     const uint64_t bit = uint64_t(1) << (idx[k] & 63);
@@ -238,7 +239,7 @@ double direct_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) {
     }
   }
   if constexpr (kGrad) {
-    write_target_grads(s.seen, s.by_col, grad, s.tidx.data(), s.K.data(), P, scale);
+    write_target_grads(s, grad, s.tidx.data(), s.K.data(), P, scale);
   }
   return lane_sums.total();
 }
@@ -289,7 +290,7 @@ double counting_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) 
       s.tidx[k] = s.sorted[k].second;  // tidx is free once sorted is built
       s.occ_k[k] = s.K[q];
     }
-    write_target_grads(s.seen, s.by_col, grad, s.tidx.data(), s.occ_k.data(), n, scale);
+    write_target_grads(s, grad, s.tidx.data(), s.occ_k.data(), n, scale);
   }
   return loss;
 }
