@@ -19,11 +19,6 @@
 #include "../params.h"
 #include "common.cuh"
 
-// Test-only fault injection (tests/cpp builds variants with these to prove the harness catches
-// the bug); never defined in a real build.
-//   MLC_FAULT_DROP_SYNC (common.cuh): drops the barrier between writing and reading the per-warp partial sums.
-//   MLC_FAULT_TAIL_OVERRUN: the vector loop also covers the partial vector at the end of a segment.
-
 namespace mlc::cuda {
 
 enum BceMode : int {
@@ -85,11 +80,7 @@ __device__ __forceinline__ A bce_tile(const BceParams<T>& p, int64_t r, int64_t 
                    (!t.loss || aligned16(t.loss));
   if (vec) {
     using P = Pack<T, V>;
-#if defined(MLC_FAULT_TAIL_OVERRUN)
-    const int64_t nvec = (n + V - 1) / V;
-#else
     const int64_t nvec = n / V;
-#endif
     for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
       const P xv = reinterpret_cast<const P*>(t.x)[i];
       const P yv = reinterpret_cast<const P*>(t.y)[i];

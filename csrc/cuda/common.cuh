@@ -48,9 +48,7 @@ __device__ __forceinline__ A block_reduce_sum(A v) {
   v = warp_reduce_sum(v);
   __syncthreads();  // warp 0 may still be reading warp_sums from the previous call
   if (lane == 0) warp_sums[warp] = v;
-#if !defined(MLC_FAULT_DROP_SYNC)
   __syncthreads();
-#endif
   if (warp == 0) v = warp_reduce_sum(lane < warps ? warp_sums[lane] : A(0));
   return v;
 }

@@ -1,8 +1,9 @@
 // SIMT-emulated runs of csrc/cuda/bce_kernel.cuh (the real CUDA kernels, compiled by the host
-// compiler through simt_emu.h) against a double-precision reference from csrc/math/bce.h.
-//   test_bce_emu [full|small|fault-sync|fault-tail]
-// small: fewer cases for the sanitizer builds. fault-*: one case meant for the builds with
-// MLC_FAULT_* defined; CTest expects the sanitizer report there (see CMakeLists.txt).
+// compiler through simt_emu.h) against a long double reference written here from the definition
+// (it shares no code with csrc/math, whose formula and ScalarOps are what the kernels run).
+//   test_bce_emu [full|small|<fault mode>]
+// small: fewer cases for the sanitizer builds. Fault modes run one case meant for a build of a
+// deliberately broken kernel variant; CTest expects the failure there (see CMakeLists.txt).
 #include "simt_emu.h"  // first: defines the CUDA keywords for the kernel header
 
 #include <cuda/bce_kernel.cuh>
@@ -75,6 +76,20 @@ std::vector<T> to_buffer(const std::vector<double>& v, int offset) {
 
 
 
+// One element of BCE with logits (weight w, pos_weight p), in long double from the definition:
+//   loss = w [(1 - y) x + (1 + (p - 1) y) log(1 + exp(-x))]
+//   grad = d loss / dx = w [(1 + (p - 1) y) sigmoid(x) - p y]
+// with log(1 + exp(-x)) written as log1p(exp(-|x|)) + max(-x, 0) so that it stays finite.
+void bce_reference(double x, double y, double w, double p, double& loss, double& grad) {
+  using L = long double;
+  const L X = x, Y = y, W = w, Pw = p;
+  const L log_weight = 1 + (Pw - 1) * Y;
+  const L softplus_neg = std::log1p(std::exp(-std::fabs(X))) + (X < 0 ? -X : L(0));
+  const L sigmoid = 1 / (1 + std::exp(-X));
+  loss = static_cast<double>(W * ((1 - Y) * X + log_weight * softplus_neg));
+  grad = static_cast<double>(W * (log_weight * sigmoid - Pw * Y));
+}
+
 auto emu_launch = [](auto kernel, int64_t grid, int block, auto... args) {
   simt::launch(dim3(static_cast<unsigned>(grid)), dim3(static_cast<unsigned>(block)), 0, kernel,
                args...);
@@ -141,7 +156,7 @@ void run_case(const Case& k, uint64_t seed) {
   std::vector<T> out(k.row_mean && k.reduction == mlc::kNone ? R : 1, T(-777.0f));
   mlc::cuda::bce_run(p, s, partial.data(), out.data(), emu_launch);
 
-  // Reference, in double from the T-rounded operands.
+  // Reference, from the T-rounded operands.
   const double tol = emu::tolerance<T>();
   std::vector<double> row_sum(R, 0.0), row_mag(R, 0.0);
   char where[256];
@@ -158,7 +173,7 @@ void run_case(const Case& k, uint64_t seed) {
       const double pv =
           p.pos_weight ? as_double(p.pos_weight[r * pw.row_stride + c * pw.col_stride]) : 1.0;
       double l, g;
-      mlc::math::bce_elem<mlc::math::ScalarOps<double>>(xv, yv, wv, pv, l, g);
+      bce_reference(xv, yv, wv, pv, l, g);
       // Size of the terms the formula adds: the scale of the rounding error of an fp32 evaluation.
       const double lw = 1 + (pv - 1) * yv;
       const double lmag = std::fabs(wv) * (std::fabs((1 - yv) * xv) + std::fabs(lw) * (std::fabs(xv) + 1));
@@ -275,38 +290,6 @@ void run_all(bool small, uint64_t& seed) {
   }
 }
 
-// The harness's own constructs on a kernel written for them: dynamic shared memory, barriers,
-// __shfl_xor_sync and atomicAdd.
-__global__ void emu_selftest_kernel(const float* in, float* out, float* total) {
-  float* dyn = mlc_dynamic_smem<float>();
-  const unsigned t = threadIdx.x;
-  dyn[t] = in[blockIdx.x * blockDim.x + t];
-  __syncthreads();
-  float v = dyn[(t + 1) % blockDim.x];
-  for (int m = 16; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
-  out[blockIdx.x * blockDim.x + t] = v;
-  if (t % 32 == 0) atomicAdd(total, v);
-}
-
-void selftest() {
-  const unsigned blocks = 3, threads = 64;
-  std::vector<float> in(blocks * threads), out(in.size());
-  for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<float>(i % 13);
-  float total = 0;
-  simt::launch(dim3(blocks), dim3(threads), threads * sizeof(float), emu_selftest_kernel,
-               static_cast<const float*>(in.data()), out.data(), &total);
-  double want_total = 0;
-  for (unsigned b = 0; b < blocks; ++b)
-    for (unsigned t = 0; t < threads; ++t) {
-      float want = 0;
-      for (unsigned l = 0; l < 32; ++l) want += in[b * threads + ((t / 32 * 32 + l + 1) % threads)];
-      EMU_CHECK(out[b * threads + t] == want, "selftest out[%u,%u] = %g, want %g", b, t,
-                out[b * threads + t], want);
-      if (t % 32 == 0) want_total += want;
-    }
-  EMU_CHECK(total == static_cast<float>(want_total), "selftest total %g, want %g", total, want_total);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -324,6 +307,18 @@ int main(int argc, char** argv) {
     run_case<float>(k, seed++);
     return emu::finish("test_bce_emu fault-sync");
   }
+  if (mode == "fault-reuse") {  // many block sums per block: tiles of 64 columns, 2 blocks
+    Case k;
+    k.rows = 8;
+    k.cols = 300;
+    k.block = 128;
+    k.tile_cols = 64;
+    k.max_grid = 2;
+    k.row_mean = true;
+    k.reduction = mlc::kNone;
+    run_case<float>(k, seed++);
+    return emu::finish("test_bce_emu fault-reuse");
+  }
   if (mode == "fault-tail") {  // a single aligned row whose length is not a multiple of 4
     Case k;
     k.rows = 1;
@@ -333,7 +328,6 @@ int main(int argc, char** argv) {
     return emu::finish("test_bce_emu fault-tail");
   }
   const bool small = mode == "small";
-  selftest();
   run_all<float>(small, seed);
   if (!small) run_all<double>(small, seed);
   if (!small) run_all<Half>(small, seed);

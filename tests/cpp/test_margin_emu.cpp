@@ -1,13 +1,15 @@
 // SIMT-emulated runs of csrc/cuda/margin_kernel.cuh (the real CUDA kernels, compiled by the host
-// compiler through simt_emu.h) against a straightforward O(P*C) reference in double that uses the
-// same threshold rule (csrc/math/margin.h): hinge counts, hence gradients, must match exactly.
-//   test_margin_emu [full|small]
+// compiler through simt_emu.h) against the O(P*C) definition written here (no csrc/math code):
+// a hinge is active when native's z = 1 - x[t] + x[i], evaluated in the compute type, is > 0, so
+// hinge counts, hence gradients, must match exactly; the loss sums those z in long double.
+//   test_margin_emu [full|small|stale]
 #include "simt_emu.h"  // first: defines the CUDA keywords for the kernel header
 
 #include <cuda/margin_kernel.cuh>
 
 #include <cinttypes>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "emu_check.h"
@@ -25,6 +27,8 @@ using emu::Half;
 
 enum TargetMode {
   kRandom = 0,   // distinct positives, -1 terminated (junk in range after it)
+  kStale,        // positives, -1, then stale valid-looking entries (every other class, repeats of
+                 // the positives, another -1, ...): all of them must be ignored
   kDuplicates,   // positives with repeats
   kAll,          // every class positive (P = C)
   kNone,         // first entry -1 (P = 0)
@@ -33,7 +37,7 @@ enum TargetMode {
   kModes
 };
 const char* mode_name(int m) {
-  static const char* n[] = {"random", "duplicates", "all", "none", "compact", "no-target"};
+  static const char* n[] = {"random", "stale", "duplicates", "all", "none", "compact", "no-target"};
   return n[m];
 }
 
@@ -84,6 +88,20 @@ void run_case(const Case& k, uint64_t seed) {
         const int64_t P = k.tmode == kCompact ? KT : static_cast<int64_t>(rng.uniform() * KT);
         for (int64_t j = 0; j < KT; ++j)
           y[j] = j < P ? perm[j] : (j == P ? -1 : static_cast<int64_t>(rng.uniform() * C) - (j % 3 == 0));
+        break;
+      }
+      case kStale: {  // the first P of a permutation, -1, then the rest of it (and junk)
+        std::vector<int64_t> perm(C);
+        for (int64_t c = 0; c < C; ++c) perm[c] = c;
+        for (int64_t c = C - 1; c > 0; --c) std::swap(perm[c], perm[static_cast<int64_t>(rng.uniform() * (c + 1))]);
+        const int64_t P = KT > 1 ? static_cast<int64_t>(rng.uniform() * (KT - 1)) : 0;
+        for (int64_t j = 0; j < KT; ++j) {
+          if (j < P) y[j] = perm[j];
+          else if (j == P) y[j] = -1;
+          else if (j % 7 == 3) y[j] = -1;                        // a later -1 changes nothing
+          else if (j % 5 == 4 && P > 0) y[j] = perm[j % P];     // repeats a positive
+          else y[j] = C > P ? perm[P + (j - P) % (C - P)] : -1;  // a class that is not a target
+        }
         break;
       }
       case kDuplicates: {
@@ -137,7 +155,7 @@ void run_case(const Case& k, uint64_t seed) {
                 "pad=%" PRId64 " block=%d chunk=%" PRId64 " grid=%" PRId64,
                 emu::type_name<T>(), R, C, KT, mode_name(k.tmode), k.reduction, per_row,
                 k.integer_scores, k.nan_score, k.pad, k.block, s.chunk, s.grid);
-  // Reference: O(P*C) per row in double from the same A values and thresholds.
+  // Reference: the definition, O(P*C) per row, native's hinge test in the compute type A.
   const double tol = emu::tolerance<T>();
   std::vector<double> row_loss(R, 0.0);
   const double sum_tol = std::is_same_v<T, double> ? 1e-13 : 1e-6;
@@ -146,27 +164,30 @@ void run_case(const Case& k, uint64_t seed) {
   for (int64_t r = 0; r < R; ++r) {
     const T* x = xb.data() + r * S;
     const int64_t* y = KT > 0 ? yb.data() + r * TS : nullptr;
-    int64_t P = 0;
+    int64_t P = 0;  // the targets: the entries before the first -1 (or all of them)
     while (P < KT && y[P] >= 0) ++P;
     std::vector<char> is_t(C, 0);
     for (int64_t j = 0; j < P; ++j) is_t[y[j]] = 1;
     std::vector<int64_t> count(C, 0), tgrad(C, 0);
-    double loss = 0, mag = 0;
+    long double loss = 0;
+    double mag = 0;
     for (int64_t j = 0; j < P; ++j) {
-      const A th = mlc::math::margin_threshold<A>(static_cast<A>(x[y[j]]));
+      const A xt = static_cast<A>(x[y[j]]);
       for (int64_t i = 0; i < C; ++i) {
+        if (is_t[i]) continue;
         const A xi = static_cast<A>(x[i]);
-        if (is_t[i] || !(xi > th)) continue;
+        const A z = A(1) - xt + xi;  // as native: in A, left to right
+        if (!(z > A(0))) continue;   // NaN: no hinge
         ++count[i];
         ++tgrad[y[j]];
-        loss += static_cast<double>(xi) - static_cast<double>(th);
-        mag += std::fabs(static_cast<double>(xi)) + std::fabs(static_cast<double>(th));
+        loss += static_cast<long double>(z);
+        mag += 1 + std::fabs(static_cast<double>(xi)) + std::fabs(static_cast<double>(xt));
       }
     }
-    row_loss[r] = loss;
+    row_loss[r] = static_cast<double>(loss);
     total_mag += mag;
     if (per_row) {
-      const double got = as_double(out[r]), want = loss / C;
+      const double got = as_double(out[r]), want = row_loss[r] / C;
       EMU_CHECK(matches<T>(got, want, tol, sum_tol * mag / C), "%s row %" PRId64 ": %.9g, want %.9g",
                 where, r, got, want);
     }
@@ -209,12 +230,13 @@ void run_all(bool small, uint64_t& seed) {
   struct Shape { int64_t rows, cols, tcols, chunk; int block; };
   std::vector<Shape> shapes = {
       {1, 1, 1, 0, 32},   {3, 31, 5, 0, 64},  {4, 33, 33, 0, 64}, {2, 100, 40, 7, 64},
-      {5, 150, 12, 5, 32}, {1, 70, 70, 0, 64}, {6, 9, 4, 0, 32},  {0, 5, 3, 0, 32}};
+      {5, 150, 12, 5, 32}, {1, 70, 70, 0, 64}, {6, 9, 4, 0, 32},  {0, 5, 3, 0, 32},
+      {2, 200, 24, 0, 64}};  // rows longer than two blocks: C > 2 * block
   if (!small) {
     shapes.push_back({3, 300, 64, 0, 128});  // C > block size
     shapes.push_back({2, 257, 257, 16, 64});
   } else if (!std::is_same_v<T, float>) {
-    shapes = {{3, 31, 5, 0, 64}, {2, 100, 40, 7, 64}, {1, 70, 70, 0, 64}};
+    shapes = {{3, 31, 5, 0, 64}, {2, 100, 40, 7, 64}, {1, 70, 70, 0, 64}, {2, 200, 24, 0, 64}};
   }
   int i = 0;
   for (const Shape& sh : shapes)
@@ -246,8 +268,23 @@ void run_all(bool small, uint64_t& seed) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool small = emu::small_mode(argc, argv);
+  const std::string mode = argc > 1 ? argv[1] : "full";
   uint64_t seed = 1;
+  if (mode == "stale") {  // targets with stale entries after the -1, rows over two blocks long
+    for (int64_t chunk : {0, 5}) {
+      Case k;
+      k.rows = 4;
+      k.cols = 150;
+      k.tcols = 40;
+      k.tmode = kStale;
+      k.reduction = mlc::kNone;
+      k.block = 32;
+      k.chunk = chunk;
+      run_case<float>(k, seed++);
+    }
+    return emu::finish("test_margin_emu stale");
+  }
+  const bool small = mode == "small";
   run_all<float>(small, seed);
   if (!small) run_all<double>(small, seed);
   if (!small) run_all<Half>(small, seed);
