@@ -7,7 +7,7 @@ export CUDA_HOME
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build venv clean cpp-test isa-test
+.PHONY: test bench build venv clean cpp-test cpp-test-large isa-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ cpp-test:
 	cmake -S . -B $(CPP_BUILD) -DMLC_BUILD_LIBRARY=OFF -DCMAKE_BUILD_TYPE=Release > /dev/null
 	cmake --build $(CPP_BUILD) -j $(MAX_JOBS)
 	cd $(CPP_BUILD) && ctest --output-on-failure -j $(MAX_JOBS)
+
+# The emulation tests beyond 2^31 elements (opt-in: 4 GiB of memory, minutes; see tests/cpp/README.md),
+# in their own build directory.
+cpp-test-large:
+	cmake -S . -B $(CPP_BUILD)-large -DMLC_BUILD_LIBRARY=OFF -DMLC_EMU_SANITIZERS=OFF \
+	  -DMLC_EMU_LARGE_TESTS=ON -DCMAKE_BUILD_TYPE=Release > /dev/null
+	cmake --build $(CPP_BUILD)-large -j $(MAX_JOBS)
+	cd $(CPP_BUILD)-large && ctest --output-on-failure -L large
 
 # Extra options for the benchmark CLI, e.g. `make bench BENCH_ARGS=--quick` (see bench/README.md).
 BENCH_ARGS ?=
