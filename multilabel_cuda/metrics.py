@@ -85,7 +85,7 @@ def linear_topk(input, weight, k, bias=None, chunk_size=None):
     chunk = _DEFAULT_CHUNK if chunk_size is None else _int_arg(fn, "chunk_size", chunk_size, 1)
     chunk = min(chunk, max(num_classes, 1))
 
-    x = input.detach().reshape(-1, input.size(-1))
+    x = input.detach().unsqueeze(0) if input.dim() == 1 else input.detach()
     n = x.size(0)
     top_v = x.new_empty((n, 0))
     top_i = torch.empty((n, 0), dtype=torch.int64, device=x.device)

@@ -127,7 +127,7 @@ class SparseTargets:
         values = _values(fn, values, indices.shape, indices.device)
         _check_range(fn, "indices", indices, -1, c)
         vector = indices.dim() == 1
-        idx = indices.reshape(-1, indices.size(-1))
+        idx = indices.unsqueeze(0) if vector else indices
         valid = torch.cumprod((idx != -1).to(torch.int8), dim=1, dtype=torch.int8).bool()
         counts = valid.sum(dim=1)
         vals = None if values is None else values.reshape(idx.shape)[valid]
@@ -151,7 +151,7 @@ class SparseTargets:
         if target.is_complex():
             _fail(fn, f"target must be real, got {target.dtype}")
         vector = target.dim() == 1
-        t = target.detach().reshape(-1, target.size(-1))
+        t = target.detach().unsqueeze(0) if vector else target.detach()
         rows, cols = torch.nonzero(t, as_tuple=True)  # row-major: already canonical
         vals = t[rows, cols]
         values = None
