@@ -6,7 +6,9 @@ pos_weight). So the loss is that over every element plus, at the nnz positives o
 to the loss at the positive's value v (p = pos_weight, 1 without it):
     loss(x, v) - loss(x, 0) = w * (-v * x + (p - 1) * v * softplus(-x)).
 Reduction 'none' of BCE instead writes the positives' own loss into the elementwise result, so each
-element is as accurate as the dense path's. The loss has the input's dtype (half types computed in
+element is as accurate as the dense path's; in a sum (BCE's 'mean'/'sum', soft margin's rows) a
+positive's -v * x cancels most of its softplus(x) when x >> 0, an absolute rounding of eps * |x| per
+positive, like any sum holding terms of that size. The loss has the input's dtype (half types computed in
 float32, rounded once): values are cast to it, as a dense target of the input's dtype would be."""
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,8 @@ def _at_positives(t, rows, cols):
 
 
 def _pieces(fn, input, target, weight, pos_weight):
+    """Checked operands in the compute dtype: x (N, C) (a view for a (C,) input), the weight, the
+    positives' rows, and x, weight, pos_weight and value at the positives (nnz,)."""
     _check(fn, input, target)
     compute = torch.promote_types(input.dtype, torch.float32)
     if weight is not None:
