@@ -2,14 +2,10 @@
 the input gradient, and weight/pos_weight gradients), never building the N x C target.
 
 A negative's loss is the loss at target 0: w * softplus(x) (soft margin's element is BCE's without
-pos_weight). So the loss is that over every element plus, at the nnz positives only, the difference
-to the loss at the positive's value v (p = pos_weight, 1 without it):
-    loss(x, v) - loss(x, 0) = w * (-v * x + (p - 1) * v * softplus(-x)).
-Reduction 'none' of BCE instead writes the positives' own loss into the elementwise result, so each
-element is as accurate as the dense path's; in a sum (BCE's 'mean'/'sum', soft margin's rows) a
-positive's -v * x cancels most of its softplus(x) when x >> 0, an absolute rounding of eps * |x| per
-positive, like any sum holding terms of that size. The loss has the input's dtype (half types computed in
-float32, rounded once): values are cast to it, as a dense target of the input's dtype would be."""
+pos_weight). The elementwise loss is that everywhere, with the nnz positives' own loss written over
+it in place, so every element (and every sum of them) is as accurate as the dense path's. The loss
+has the input's dtype (half types computed in float32, rounded once): values are cast to it, as a
+dense target of the input's dtype would be."""
 import torch
 import torch.nn.functional as F
 
@@ -69,14 +65,6 @@ def _base(x, weight):
     return base if weight is None else base * weight
 
 
-def _correction(xp, wp, pp, v):
-    """loss(x, v) - loss(x, 0) at the positives, (nnz,)."""
-    d = -v * xp
-    if pp is not None:
-        d = d + (pp - 1) * v * _softplus(-xp)
-    return d if wp is None else d * wp
-
-
 def _positive_loss(xp, wp, pp, v):
     """loss(x, v) at the positives, the dense formula's terms: (1 - v) x + (1 + (p - 1) v) softplus(-x)."""
     scale = 1 if pp is None else (pp - 1) * v + 1
@@ -84,16 +72,21 @@ def _positive_loss(xp, wp, pp, v):
     return loss if wp is None else loss * wp
 
 
+def _elementwise(fn, input, target, weight, pos_weight):
+    """The (N, C) elementwise loss: the loss at target 0, the positives' own loss written over it.
+    (In place on a fresh tensor that no backward saves: softplus and mul keep their inputs.)"""
+    x, weight, rows, xp, wp, pp, v = _pieces(fn, input, target, weight, pos_weight)
+    return _base(x, weight).index_put_((rows, target.indices), _positive_loss(xp, wp, pp, v))
+
+
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
                                      reduction="mean", pos_weight=None):
     fn = "binary_cross_entropy_with_logits"
     red = _reduction_code(reduction, size_average, reduce)
-    x, weight, rows, xp, wp, pp, v = _pieces(fn, input, target, weight, pos_weight)
-    base = _base(x, weight)
+    loss = _elementwise(fn, input, target, weight, pos_weight)
     if red == NONE:
-        loss = base.index_put((rows, target.indices), _positive_loss(xp, wp, pp, v))
         return loss.reshape(input.shape).to(input.dtype)
-    total = base.sum() + _correction(xp, wp, pp, v).sum()
+    total = loss.sum()
     if red == MEAN:
         total = total / input.numel()
     return total.to(input.dtype)
@@ -103,9 +96,7 @@ def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, r
                                 reduction="mean"):
     fn = "multilabel_soft_margin_loss"
     red = _reduction_code(reduction, size_average, reduce)
-    x, weight, rows, xp, wp, _, v = _pieces(fn, input, target, weight, None)
-    row = _base(x, weight).sum(dim=1).index_add(0, rows, _correction(xp, wp, None, v))
-    row = row / target.num_classes
+    row = _elementwise(fn, input, target, weight, None).sum(dim=1) / target.num_classes
     if input.dim() == 1:
         return row.reshape(()).to(input.dtype)
     if red == MEAN:
