@@ -8,7 +8,8 @@ from . import functional
 from ._backend import backend, set_backend
 from .functional import LossArgumentError
 from .modules import BCEWithLogitsLoss, MultiLabelMarginLoss, MultiLabelSoftMarginLoss
+from .sparse import SparseTargets
 
 __all__ = ["functional", "backend", "set_backend", "LossArgumentError", "BCEWithLogitsLoss",
-           "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss"]
+           "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss", "SparseTargets"]
 __version__ = "0.1.0"

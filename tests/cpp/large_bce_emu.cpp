@@ -11,7 +11,7 @@
 //   large_bce_emu [rows]   (rows defaults to 32765; fewer rows make a quick run below 2^31)
 #include "simt_emu.h"  // first: defines the CUDA keywords for the kernel header
 
-#include <cuda/bce_kernel.cuh>
+#include <cuda/bce_launch.cuh>
 
 #include <signal.h>
 #include <sys/mman.h>
