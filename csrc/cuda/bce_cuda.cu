@@ -21,6 +21,7 @@ void bce_cuda_impl(BcePlan& plan) {
   const c10::DeviceIndex device = plan.input.device().index();
   const BceLaunchShape s = bce_launch_shape(p.rows, p.cols, sizeof(T), plan.reduction,
                                             plan.row_mean, kBlock, max_grid(device));
+  TORCH_CHECK(s.error == nullptr, "bce_cuda: invalid launch shape: ", s.error);
   at::Tensor partial = at::empty({s.partials}, plan.input.options().dtype(
                                                    c10::CppTypeToScalarType<A>::value));
   T* out = plan.loss.mutable_data_ptr<T>();

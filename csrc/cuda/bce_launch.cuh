@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "bce_kernel.cuh"
+#include "launch_limits.h"
 #include "reduce.cuh"
 
 namespace mlc::cuda {
@@ -14,6 +15,7 @@ struct BceLaunchShape {
   int64_t grid = 0;  // blocks of the fused kernel (0: nothing to do)
   int64_t tile_cols = 0, tiles_per_row = 0, tiles = 0;
   int64_t partials = 0;  // acc_t<T> elements the caller allocates for `partial`
+  const char* error = nullptr;  // why a GPU would refuse a launch of bce_run, or null
 };
 
 // reduction: 0 none, 1 mean, 2 sum (at::Reduction). tile_cols 0 picks the default: 4 128-bit
@@ -30,6 +32,9 @@ inline BceLaunchShape bce_launch_shape(int64_t rows, int64_t cols, int elem_size
   s.tiles = rows * s.tiles_per_row;
   s.grid = s.tiles < max_grid ? s.tiles : max_grid;
   s.partials = s.mode == kBlockSum ? s.grid : (s.mode == kTileSum ? s.tiles : 0);
+  // bce_run's launches: the fused kernel (grid), the second passes (grid 1, or at most grid), all
+  // with `block` threads and the block sums' static shared memory.
+  s.error = launch_shape_error(s.grid > 0 ? s.grid : 1, block, 0, kBlockSumSmem);
   return s;
 }
 

@@ -6,9 +6,10 @@
 
 #include <cstdint>
 
+#include "launch_limits.h"  // kBlock, launch_shape_error
+
 namespace mlc::cuda {
 
-constexpr int kBlock = 256;
 constexpr int kBlocksPerSm = 8;  // enough resident warps to cover DRAM latency
 
 // Grid cap: kernels stride over their work, so more blocks than this only adds scheduling.

@@ -7,6 +7,8 @@
 
 namespace mlc::cuda {
 
+constexpr int kBlock = 256;  // threads per block of every launcher (csrc/cuda/*.cu)
+
 constexpr int64_t kMaxThreadsPerBlock = 1024;
 constexpr int64_t kMaxGridX = 2147483647;  // 2^31 - 1
 constexpr int64_t kMaxGridYZ = 65535;

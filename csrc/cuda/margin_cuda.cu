@@ -23,6 +23,7 @@ void margin_cuda_impl(MarginPlan& plan) {
   const MarginLaunchShape s =
       margin_launch_shape<A>(p.rows, p.tcols, plan.per_row_loss, p.grad != nullptr, kBlock,
                              max_grid(device));
+  TORCH_CHECK(s.error == nullptr, "margin_cuda: invalid launch shape: ", s.error);
   const auto opts = plan.input.options();
   at::Tensor kscratch = at::empty({s.kscratch}, opts.dtype(at::kLong));
   at::Tensor partial = at::empty({s.partials}, opts.dtype(c10::CppTypeToScalarType<A>::value));

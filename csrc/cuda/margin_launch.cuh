@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 
+#include "launch_limits.h"
 #include "margin_kernel.cuh"
 #include "reduce.cuh"
 
@@ -16,6 +17,7 @@ struct MarginLaunchShape {
   int64_t kscratch = 0;    // int64 elements the caller allocates for the K counters
   int64_t partials = 0;    // acc_t<T> elements the caller allocates for the row losses
   bool per_row_loss = false;
+  const char* error = nullptr;  // why a GPU would refuse a launch of margin_run, or null
 };
 
 // Cap of the K scratch (int64 elements): limits the grid when target rows are very long.
@@ -41,6 +43,9 @@ MarginLaunchShape margin_launch_shape(int64_t rows, int64_t tcols, bool per_row_
   s.kscratch = grad ? grid * tcols : 0;
   s.partials = rows;
   s.per_row_loss = per_row_loss;
+  // margin_run's launches: the direct kernel (grid, the chunk's dynamic shared memory, a block min
+  // and a block sum), then a second pass (grid 1, or at most grid, no dynamic shared memory).
+  s.error = launch_shape_error(s.grid > 0 ? s.grid : 1, block, s.smem, kBlockMinSmem + kBlockSumSmem);
   return s;
 }
 

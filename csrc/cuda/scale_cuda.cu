@@ -27,6 +27,8 @@ void scale_grad_cuda(at::Tensor& grad, const at::Tensor& upstream) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "scale_cuda", [&] {
     const int64_t grid = scale_grid(n, sizeof(scalar_t), kBlock, max_grid(device));
+    const char* error = launch_shape_error(grid, kBlock, 0, 0);
+    TORCH_CHECK(error == nullptr, "scale_cuda: invalid launch shape: ", error);
     scale_by_device_scalar_kernel<scalar_t><<<static_cast<unsigned>(grid), kBlock, 0, stream>>>(
         grad.mutable_data_ptr<scalar_t>(), upstream.const_data_ptr<scalar_t>(), n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

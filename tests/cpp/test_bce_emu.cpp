@@ -153,6 +153,7 @@ void run_case(const Case& k, uint64_t seed) {
 
   const mlc::cuda::BceLaunchShape s = mlc::cuda::bce_launch_shape(
       R, C, sizeof(T), k.reduction, k.row_mean, k.block, k.max_grid, k.tile_cols);
+  EMU_CHECK(s.error == nullptr, "bce_launch_shape: %s", s.error);
   std::vector<A> partial(s.partials);
   std::vector<T> out(k.row_mean && k.reduction == mlc::kNone ? R : 1, T(-777.0f));
   mlc::cuda::bce_run(p, s, partial.data(), out.data(), emu_launch);
@@ -225,6 +226,22 @@ void run_case(const Case& k, uint64_t seed) {
                                           (grad.size() - off) * sizeof(T)) == 0),
               "%s: second run differs", where);
   }
+}
+
+// Every shape bce_launch_shape gives the launcher (block kBlock, any grid cap a device gives) must
+// be one a GPU accepts.
+void check_launch_shapes() {
+  for (int elem_size : {2, 4, 8})
+    for (int64_t rows : {int64_t(0), int64_t(1), int64_t(1000), int64_t(1) << 31})
+      for (int64_t cols : {int64_t(0), int64_t(1), int64_t(4097), int64_t(1) << 31})
+        for (int64_t max_grid : {int64_t(1), int64_t(1056), int64_t(8) << 10})
+          for (int red : {mlc::kNone, mlc::kMean, mlc::kSum})
+            for (bool row_mean : {false, true}) {
+              const auto s = mlc::cuda::bce_launch_shape(rows, cols, elem_size, red, row_mean,
+                                                         mlc::cuda::kBlock, max_grid);
+              EMU_CHECK(s.error == nullptr, "elem %d rows=%" PRId64 " cols=%" PRId64 ": %s",
+                        elem_size, rows, cols, s.error);
+            }
 }
 
 // small (sanitizer builds): every shape for float, a few for the 2-byte types, and the weight x
@@ -329,6 +346,7 @@ int main(int argc, char** argv) {
     return emu::finish("test_bce_emu fault-tail");
   }
   const bool small = mode == "small";
+  check_launch_shapes();
   run_all<float>(small, seed);
   if (!small) run_all<double>(small, seed);
   if (!small) run_all<Half>(small, seed);

@@ -2,7 +2,7 @@
 // compiler through simt_emu.h) against the O(P*C) definition written here (no csrc/math code):
 // a hinge is active when native's z = 1 - x[t] + x[i], evaluated in the compute type, is > 0, so
 // hinge counts, hence gradients, must match exactly; the loss sums those z in long double.
-//   test_margin_emu [full|small|stale]
+//   test_margin_emu [full|small|stale|shapes]
 #include "simt_emu.h"  // first: defines the CUDA keywords for the kernel header
 
 #include <cuda/margin_launch.cuh>
@@ -10,6 +10,7 @@
 
 #include <cinttypes>
 #include <limits>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -72,7 +73,10 @@ void run_case(const Case& k, uint64_t seed) {
   const int64_t R = k.rows, C = k.cols;
   const int64_t KT = k.tmode == kNoTarget ? 0 : (k.tmode == kAll ? C : k.tcols);
   const int64_t S = C + k.pad, TS = KT + k.pad;
-  std::vector<T> xb(R > 0 ? (R - 1) * S + C : 0, to_t<T>(0));
+  // Scores and gradient start one element into their storage: a kernel that takes a -1 for a
+  // target index (the fault tests) touches that element instead of the heap's bookkeeping.
+  std::vector<T> xstore(R > 0 ? (R - 1) * S + C + 1 : 1, to_t<T>(0));
+  T* const xb = xstore.data() + 1;
   for (int64_t r = 0; r < R; ++r)
     for (int64_t c = 0; c < C; ++c) {
       const double v = k.integer_scores ? std::floor(rng.uniform(-3, 4)) : rng.uniform(-2, 2);
@@ -130,13 +134,14 @@ void run_case(const Case& k, uint64_t seed) {
   p.rows = R;
   p.cols = C;
   p.tcols = KT;
-  p.input = xb.data();
+  p.input = xb;
   p.input_row_stride = S;
   if (KT > 0) {
     p.target = yb.data();
     p.target_row_stride = TS;
   }
-  std::vector<T> grad(k.grad ? R * C : 0, to_t<T>(-777));
+  std::vector<T> gstore(k.grad ? R * C + 1 : 1, to_t<T>(-777));
+  const std::span<T> grad(gstore.data() + 1, gstore.size() - 1);
   if (k.grad && R * C > 0) p.grad = grad.data();
   double scale = 1.0 / C;  // the oracle's own (p.scales comes from the plan's rule)
   if (k.reduction == mlc::kMean && R > 0) scale /= R;
@@ -145,6 +150,7 @@ void run_case(const Case& k, uint64_t seed) {
 
   const auto s = mlc::cuda::margin_launch_shape<A>(R, KT, per_row, p.grad != nullptr, k.block,
                                                    k.max_grid, k.chunk);
+  EMU_CHECK(s.error == nullptr, "margin_launch_shape: %s", s.error);
   std::vector<int64_t> kscratch(s.kscratch, -5);
   std::vector<A> partial(s.partials, A(-5));
   std::vector<T> out(per_row ? R : 1, to_t<T>(-777));
@@ -163,7 +169,7 @@ void run_case(const Case& k, uint64_t seed) {
   double total_mag = 0;
   int bad = 0;
   for (int64_t r = 0; r < R; ++r) {
-    const T* x = xb.data() + r * S;
+    const T* x = xb + r * S;
     const int64_t* y = KT > 0 ? yb.data() + r * TS : nullptr;
     int64_t P = 0;  // the targets: the entries before the first -1 (or all of them)
     while (P < KT && y[P] >= 0) ++P;
@@ -226,8 +232,27 @@ void run_case(const Case& k, uint64_t seed) {
   }
 }
 
+// Every shape margin_launch_shape gives the launcher (block kBlock, any grid cap a device gives,
+// any target width, hence every chunk size) must be one a GPU accepts.
+template <class T>
+void check_launch_shapes() {
+  using A = acc_t<T>;
+  for (int64_t tcols : {int64_t(0), int64_t(1), int64_t(2), int64_t(31), int64_t(100), int64_t(1023),
+                        int64_t(1024), int64_t(1025), int64_t(5000), int64_t(1) << 20, (int64_t(1) << 24) + 1})
+    for (int64_t rows : {int64_t(1), int64_t(7), int64_t(1) << 20, int64_t(1) << 31})
+      for (int64_t max_grid : {int64_t(1), int64_t(1056), int64_t(8) << 10})
+        for (int flags = 0; flags < 4; ++flags) {
+          const auto s = mlc::cuda::margin_launch_shape<A>(rows, tcols, flags & 1, flags & 2,
+                                                           mlc::cuda::kBlock, max_grid);
+          EMU_CHECK(s.error == nullptr, "%s rows=%" PRId64 " tcols=%" PRId64 " max_grid=%" PRId64
+                    " chunk=%" PRId64 " smem=%" PRId64 ": %s", emu::type_name<T>(), rows, tcols,
+                    max_grid, s.chunk, s.smem, s.error);
+        }
+}
+
 template <class T>
 void run_all(bool small, uint64_t& seed) {
+  check_launch_shapes<T>();
   struct Shape { int64_t rows, cols, tcols, chunk; int block; };
   std::vector<Shape> shapes = {
       {1, 1, 1, 0, 32},   {3, 31, 5, 0, 64},  {4, 33, 33, 0, 64}, {2, 100, 40, 7, 64},
@@ -271,6 +296,13 @@ void run_all(bool small, uint64_t& seed) {
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "full";
   uint64_t seed = 1;
+  if (mode == "shapes") {
+    check_launch_shapes<float>();
+    check_launch_shapes<double>();
+    check_launch_shapes<Half>();
+    check_launch_shapes<BF16>();
+    return emu::finish("test_margin_emu shapes");
+  }
   if (mode == "stale") {  // targets with stale entries after the -1, rows over two blocks long
     for (int64_t chunk : {0, 5}) {
       Case k;
