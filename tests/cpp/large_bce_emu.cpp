@@ -87,6 +87,7 @@ int main(int argc, char** argv) {
   std::printf("large_bce_emu: %" PRId64 " x %" PRId64 " = %" PRId64 " elements (2^31 %s %" PRId64 ")\n",
               R, C, N, N >= (int64_t(1) << 31) ? "+" : "-",
               N >= (int64_t(1) << 31) ? N - (int64_t(1) << 31) : (int64_t(1) << 31) - N);
+  std::fflush(stdout);  // the fault run ends in _exit
   struct sigaction sa = {};
   sa.sa_sigaction = on_segv;
   sa.sa_flags = SA_SIGINFO;
