@@ -8,7 +8,10 @@ from . import functional
 from ._backend import backend, set_backend
 from .functional import LossArgumentError
 from .modules import BCEWithLogitsLoss, MultiLabelMarginLoss, MultiLabelSoftMarginLoss
+from .modules import (LinearBCEWithLogitsLoss, LinearMultiLabelMarginLoss,
+                      LinearMultiLabelSoftMarginLoss)
 
 __all__ = ["functional", "backend", "set_backend", "LossArgumentError", "BCEWithLogitsLoss",
-           "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss"]
+           "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss", "LinearBCEWithLogitsLoss",
+           "LinearMultiLabelSoftMarginLoss", "LinearMultiLabelMarginLoss"]
 __version__ = "0.1.0"

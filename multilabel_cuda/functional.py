@@ -159,3 +159,7 @@ def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduct
     if not _backend.use_extension("multilabel_margin", input.device) or _needs_reference():
         return reference.multilabel_margin_loss(input, target, red)
     return torch.ops.multilabel_cuda.multilabel_margin(input, target, red, _compute_grad(input))[0]
+
+
+from .linear import (linear_binary_cross_entropy_with_logits,  # noqa: E402,F401  (fused linear)
+                     linear_multilabel_margin_loss, linear_multilabel_soft_margin_loss)

@@ -197,7 +197,7 @@ def _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction, chunk
     buf = x.new_empty(rows * min(chunk, classes))
     for c0, n in _chunks(classes, chunk):
         logits, w = _logits(buf, x, weight, bias, c0, n, cdt)
-        pw_c = pw if pw is None or pw.size(-1) == 1 else pw.narrow(-1, c0, n)
+        pw_c = pw if pw is None or pw.dim() == 0 or pw.size(-1) == 1 else pw.narrow(-1, c0, n)
         op_red = NONE if per_element or per_row else SUM
         part, grad = _bce_chunk(logits, targets.chunk(c0, n), pw_c, op_red, compute_grad)
         if per_element:
@@ -449,7 +449,11 @@ def _make_autograd(kind, n_args):
         input, weight, bias, target_args, reduction, chunk_size = split(inputs)
         ctx.save_for_backward(input, weight, bias, *target_args)
         ctx.reduction, ctx.chunk_size = reduction, chunk_size
-        ctx.kept = list(output[1:]) if reduction != NONE else None
+        # The gradients computed in forward, when they cover what backward may need.
+        computed = inputs[-3:]
+        wanted = [isinstance(t, torch.Tensor) and t.requires_grad for t in (input, weight, bias)]
+        covered = all(c or not w for c, w in zip(computed, wanted))
+        ctx.kept = list(output[1:]) if reduction != NONE and covered else None
         ctx.mark_non_differentiable(*output[1:])
         ctx.set_materialize_grads(False)
 
