@@ -20,7 +20,7 @@ Autograd goes through torch.library custom ops (``multilabel_cuda::linear_bce``,
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from . import _backend, reference
+from . import _backend, _ops, reference
 from ._errors import LossArgumentError
 from ._reduction import NONE, MEAN, SUM, code as _reduction_code
 
@@ -429,6 +429,17 @@ def _plain(*tensors):
             and all(type(t) is torch.Tensor and not t.requires_grad for t in tensors))
 
 
+def _scale_(grad, upstream):
+    """grad *= upstream in place; the extension's _scale_grad_ skips loss.backward()'s exact 1
+    (a whole C x D pass) without a host read on CUDA."""
+    has_kernel = _ops.AVAILABLE and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "multilabel_cuda::_scale_grad_", grad.device.type.upper())
+    if has_kernel and upstream.dtype == grad.dtype:
+        torch.ops.multilabel_cuda._scale_grad_(grad, upstream)
+        return grad
+    return grad.mul_(upstream)
+
+
 def _make_autograd(kind, n_args):
     """setup_context and backward of a forward op. Argument order: input, weight, bias, then the
     target tensors (and pos_weight), then reduction, chunk_size and the three need flags."""
@@ -466,7 +477,7 @@ def _make_autograd(kind, n_args):
         if ctx.kept is not None and not torch.is_grad_enabled():
             kept, ctx.kept = ctx.kept, None
             if _plain(grad_loss, *kept):  # give the buffers away, scaled in place
-                grads = [g.mul_(grad_loss) if g.numel() else g for g in kept]
+                grads = [_scale_(g, grad_loss) if g.numel() else g for g in kept]
             else:
                 grads = [g * grad_loss for g in kept]
                 ctx.kept = kept
