@@ -586,8 +586,9 @@ def _dense_target(fn, target, input, weight, integer_ok):
     return target
 
 
-def _needs(input, weight, bias):
-    on = torch.is_grad_enabled()
+def _needs(input, weight, bias, reduction):
+    """Which gradients forward makes: none for reduction 'none', whose backward streams again."""
+    on = torch.is_grad_enabled() and reduction != NONE
     return (on and input.requires_grad, on and weight.requires_grad,
             on and bias is not None and bias.requires_grad)
 
@@ -622,7 +623,7 @@ def linear_binary_cross_entropy_with_logits(input, weight, target, bias=None, po
         _check_no_grad(fn, "pos_weight", pos_weight)
     return torch.ops.multilabel_cuda.linear_bce(input, weight, bias, dense, indices, offsets,
                                                 values, pos_weight, red, chunk,
-                                                *_needs(input, weight, bias))[0]
+                                                *_needs(input, weight, bias, red))[0]
 
 
 def linear_multilabel_soft_margin_loss(input, weight, target, bias=None, reduction="mean",
@@ -640,7 +641,7 @@ def linear_multilabel_soft_margin_loss(input, weight, target, bias=None, reducti
             None, None, None
     return torch.ops.multilabel_cuda.linear_soft_margin(input, weight, bias, dense, indices,
                                                         offsets, values, red, chunk,
-                                                        *_needs(input, weight, bias))[0]
+                                                        *_needs(input, weight, bias, red))[0]
 
 
 def linear_multilabel_margin_loss(input, weight, target, bias=None, reduction="mean",
@@ -669,7 +670,7 @@ def linear_multilabel_margin_loss(input, weight, target, bias=None, reduction="m
             _fail(fn, f"target of shape {tuple(target.shape)} does not fit (N, K) with N = "
                       f"{input.size(0)} and K <= C = {weight.size(0)}")
     return torch.ops.multilabel_cuda.linear_margin(input, weight, bias, target, red, chunk,
-                                                   *_needs(input, weight, bias))[0]
+                                                   *_needs(input, weight, bias, red))[0]
 
 
 # ---- modules ------------------------------------------------------------------------------------
