@@ -158,8 +158,8 @@ def test_chunks_are_chunks(monkeypatch):
     x, w, b = leaves(3, 4, 1000, torch.float32)
     lin_bce(x, w, torch.rand(3, 1000), b, chunk_size=300).backward()
     assert widths == [(3, 300)] * 3 + [(3, 100)]
-    assert L.default_chunk_size(256, 1 << 16, torch.float32) == 4096
-    assert L.default_chunk_size(256, 1 << 16, torch.float64) == 2048
+    assert L.default_chunk_size(256, 1 << 16, torch.float32) == 8192
+    assert L.default_chunk_size(256, 1 << 16, torch.float64) == 4096
     assert L.default_chunk_size(1 << 16, 1 << 16, torch.float32) == 256
     assert L.default_chunk_size(4, 100, torch.float32) == 100
 
