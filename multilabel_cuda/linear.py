@@ -125,6 +125,7 @@ class _Grads:
             if need_weight else None
         self.gb = torch.empty_like(bias) if need_bias and bias is not None else None
         self.input_dtype = input.dtype
+        self._scaled_ones = None
 
     def any(self):
         return self.gi is not None or self.gw is not None or self.gb is not None
@@ -140,8 +141,14 @@ class _Grads:
                 rows.addmm_(grad.t(), self.x, beta=0, alpha=s)
             else:
                 rows.copy_(torch.mm(grad.t(), self.x).mul_(s))
-        if self.gb is not None:
-            self.gb.narrow(0, c0, n).copy_(grad.sum(0).mul_(s))
+        if self.gb is not None:  # column sums as a GEMV with the scale folded into its vector
+            if self._scaled_ones is None:
+                self._scaled_ones = grad.new_full((grad.size(0),), s)
+            entries = self.gb.narrow(0, c0, n)
+            if entries.dtype == self.cdt:
+                torch.mv(grad.t(), self._scaled_ones, out=entries)
+            else:
+                entries.copy_(torch.mv(grad.t(), self._scaled_ones))
 
     def results(self, input, weight, bias):
         empty = input.new_empty(0)

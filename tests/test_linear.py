@@ -254,12 +254,14 @@ def test_torch_compile_fullgraph():
     x, w, b = leaves(5, 4, 13, torch.float32)
     targets = {k: make_target(k, 5, 13, dtype=torch.float32) for k in KINDS}
 
-    def step(x, w, b):
-        return sum(fused(k, x, w, b, targets[k], "mean", 4) for k in KINDS)
+    def step(x, w, b):  # the kept gradients ('mean') and the streamed backward ('none')
+        return (sum(fused(k, x, w, b, targets[k], "mean", 4) for k in KINDS)
+                + fused("bce", x, w, b, targets["bce"], "none", 4).square().mean())
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     got = compiled(x, w, b)
     gg = torch.autograd.grad(got, (x, w, b))
-    ref = sum(native(k, x, w, b, targets[k], "mean") for k in KINDS)
+    ref = (sum(native(k, x, w, b, targets[k], "mean") for k in KINDS)
+           + native("bce", x, w, b, targets["bce"], "none").square().mean())
     torch.testing.assert_close(got, ref)
     for g, r in zip(gg, torch.autograd.grad(ref, (x, w, b))):
         torch.testing.assert_close(g, r)
@@ -362,3 +364,16 @@ def test_bad_pos_weight_and_target_grad():
         lin_bce(x, w, t.clone().requires_grad_(), b)
     with pytest.raises(LossArgumentError, match="pos_weight requires grad"):
         lin_bce(x, w, t, b, pos_weight=torch.rand(10, dtype=torch.float64, requires_grad=True))
+
+
+def test_torch_compile_inductor():
+    """The default backend (inductor) too, on the BCE op."""
+    torch._dynamo.reset()
+    x, w, b = leaves(5, 4, 13, torch.float32)
+    t = make_target("bce", 5, 13, dtype=torch.float32)
+    compiled = torch.compile(lambda x, w, b: lin_bce(x, w, t, b, chunk_size=4), fullgraph=True)
+    got = compiled(x, w, b)
+    ref = native("bce", x, w, b, t, "mean")
+    torch.testing.assert_close(got, ref)
+    for g, r in zip(torch.autograd.grad(got, (x, w, b)), torch.autograd.grad(ref, (x, w, b))):
+        torch.testing.assert_close(g, r)
