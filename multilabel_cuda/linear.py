@@ -1,9 +1,9 @@
 """Fused linear + loss: the losses of ``F.linear(input, weight, bias)`` without the N x C logits.
 
 The classes are streamed in chunks. For each chunk: its logits by one GEMM into a reused N x chunk
-buffer (float32, or float64 for float64 tensors), the fused loss+gradient op on them (the compiled
-``multilabel_cuda::bce_with_logits`` where the extension has a kernel for the device, else plain
-torch), then at once the chunk's gradient contributions: input's accumulated by a GEMM into an
+buffer (float32, or float64 for float64 tensors), the loss and its gradient on them (BCE and soft
+margin: the compiled ``multilabel_cuda::bce_with_logits`` where the extension has a kernel for the
+device, else the reference formulas; margin: torch ops per target slot), then at once the chunk's gradient contributions: input's accumulated by a GEMM into an
 (N, D) buffer, weight's rows and bias's entries written in place. All of it happens in forward when
 gradients are needed; backward only scales by the upstream gradient. Memory beyond the parameters
 and their gradients is O(N * chunk + N * D), whatever C is.
@@ -26,7 +26,9 @@ from ._reduction import NONE, MEAN, SUM, code as _reduction_code
 
 try:
     from .sparse import SparseTargets as _SparseTargets
-except ImportError:  # multilabel_cuda.sparse not there (yet): dense targets only
+except ModuleNotFoundError as e:  # multilabel_cuda.sparse not there (yet): dense targets only
+    if e.name != f"{__package__}.sparse":
+        raise
     _SparseTargets = None
 
 __all__ = ["linear_binary_cross_entropy_with_logits", "linear_multilabel_soft_margin_loss",
@@ -46,9 +48,10 @@ _MIN_CHUNK = 256
 def default_chunk_size(rows, classes, dtype):
     """The chunk width when ``chunk_size=None``: about 8 MiB of chunk logits,
     ``clamp(2**23 // (rows * itemsize), 256, classes)`` with itemsize 4 (8 for float64): at
-    N = 256, 8192 classes. Measured on the 2-core CPU (N = D = 256, C = 2^16, float32, forward +
-    backward): chunks of 1024 and 2048 columns were 3.3x and 2x slower than 8192 (per-chunk
-    parallel-region and GEMM-shape costs), 4096 1.5x, 16384 within noise of 8192. The logits and
+    N = 256, 8192 classes. Measured on the shared 2-core CPU (N = D = 256, C = 2^16, float32,
+    forward + backward, best of interleaved runs): chunks of 1024 and 2048 columns took about 3.5x
+    and 2x the time of 8192 (per-chunk costs: each GEMM and kernel is a parallel region, which a
+    busy machine makes expensive), 4096 1.45x, 16384 within 10% of 8192. The logits and
     their gradient (2 x 8 MiB) stay within a last-level cache; the floor of 256 keeps GEMMs wide
     for large N."""
     item = 8 if dtype == torch.float64 else 4
@@ -174,7 +177,8 @@ def _chunks(classes, chunk):
 
 
 def _logits(buf, x, weight, bias, c0, n, cdt):
-    """One chunk's logits by one GEMM into the reused buffer; returns (logits, weight rows in cdt)."""
+    """One chunk's logits by one GEMM into the reused buffer; returns them and the chunk's weight
+    rows in the compute dtype."""
     rows = x.size(0)
     out = buf.narrow(0, 0, rows * n).view(rows, n)
     w = weight.narrow(0, c0, n).to(cdt)
@@ -665,8 +669,6 @@ def linear_multilabel_margin_loss(input, weight, target, bias=None, reduction="m
     if _is_sparse(target):
         _sparse_parts(fn, target, input, weight)
         target = target.to_padded()
-        if target.dim() == 1:
-            target = target.unsqueeze(0)
     else:
         if not isinstance(target, torch.Tensor):
             _fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
