@@ -4,7 +4,6 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export CUDA_HOME
-export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export MAX_JOBS ?= 2
 
 .PHONY: test bench build venv clean cpp-test isa-test
@@ -36,11 +35,14 @@ test: build
 isa-test: build
 	$(PY) tests/cpu_isa_variants.py
 
-# SIMT-emulated CUDA kernels (tests/cpp): plain, ThreadSanitizer and AddressSanitizer builds, and
-# the deliberately broken variants the sanitizers must catch. Needs only a C++20 compiler and CMake.
-CPP_BUILD := build-cmake/emu
-cpp-test:
-	cmake -S . -B $(CPP_BUILD) -DMLC_BUILD_LIBRARY=OFF -DCMAKE_BUILD_TYPE=Release > /dev/null
+# C++ tests through CTest: the SIMT-emulated CUDA kernels (tests/cpp: plain, ThreadSanitizer and
+# AddressSanitizer builds, and the deliberately broken variants the sanitizers must catch), and the
+# library built against libtorch as a C++ user links it (CPU kernels; ops, backward, double backward).
+CPP_BUILD := build-cmake/tests
+cpp-test: venv
+	cmake -S . -B $(CPP_BUILD) -DCMAKE_BUILD_TYPE=Release -DMLC_CUDA=OFF \
+	  -DPython3_EXECUTABLE=$(abspath $(PY)) \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" > /dev/null
 	cmake --build $(CPP_BUILD) -j $(MAX_JOBS)
 	cd $(CPP_BUILD) && ctest --output-on-failure -j $(MAX_JOBS)
 

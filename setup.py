@@ -5,38 +5,29 @@ Environment knobs:
                                               are present (no GPU needed), else CppExtension.
   MULTILABEL_CUDA_CPU_ISA = auto | avx512 | avx2 | default   auto: the best this CPU has (the build
                                               is for this machine's CPU, as -march=native would be).
-  CUDA_HOME (default /usr/local/cuda if it has nvcc), TORCH_CUDA_ARCH_LIST (default "8.0;9.0").
+  CUDA_HOME (default /usr/local/cuda if it has nvcc), TORCH_CUDA_ARCH_LIST (default: CUDA_ARCH_LIST of
+  multilabel_cuda/_build_config.py, which also holds the ISA table).
 """
 import glob
+import importlib.util
 import os
 import shutil
 
 from setuptools import setup
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.util.spec_from_file_location(
+    "_build_config", os.path.join(ROOT, "multilabel_cuda", "_build_config.py"))
+config = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(config)  # the ISA and CUDA arch tables (torch-free)
+
 # cpp_extension reads CUDA_HOME at import time; the nvcc on PATH may be a wrapper outside the toolkit.
 if not os.environ.get("CUDA_HOME") and os.path.exists("/usr/local/cuda/bin/nvcc"):
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
-# Without a GPU, cpp_extension cannot guess the architectures (it crashes with an IndexError).
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", config.CUDA_ARCH_LIST)
 
 import torch  # noqa: E402
 from torch.utils import cpp_extension  # noqa: E402
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
-
-
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f
-                         if line.startswith("flags")), set())
-    except OSError:
-        return set()
-
-
-# What each ISA level needs of the CPU (cpu_isa() in csrc/ops.cpp checks the same at load time).
-ISA_CPU_FLAGS = {"avx2": {"avx2", "fma", "f16c"},
-                 "avx512": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"}}
 
 
 def want_cuda(cu_sources):
@@ -52,19 +43,11 @@ def want_cuda(cu_sources):
 
 def cpu_isa_flags():
     isa = os.environ.get("MULTILABEL_CUDA_CPU_ISA", "auto")
-    if isa not in ("auto", "avx512", "avx2", "default"):
-        raise SystemExit(f"MULTILABEL_CUDA_CPU_ISA must be auto, avx512, avx2 or default, got {isa!r}")
-    if isa == "auto":
-        flags = cpu_flags()
-        isa = next((i for i in ("avx512", "avx2") if ISA_CPU_FLAGS[i] <= flags), "default")
-    # ATen's Vectorized<T> picks its AVX2 / AVX512 specializations (Sleef exp/log1p) from these
-    # macros; CPU_CAPABILITY names the inline namespace, keeping our instantiations apart from ATen's.
-    if isa == "avx512":  # 16 float lanes: ~1.8x the AVX2 BCE loop on Zen 5, where 512-bit ops are native
-        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
-                "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512"]
-    if isa == "avx2":
-        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
-    return ["-DCPU_CAPABILITY=DEFAULT"]
+    if isa != "auto" and isa not in config.ISA_LEVELS:
+        raise SystemExit(f"MULTILABEL_CUDA_CPU_ISA must be auto or one of "
+                         f"{list(config.ISA_LEVELS)}, got {isa!r}")
+    level = config.ISA_LEVELS[config.best_isa() if isa == "auto" else isa]
+    return level["flags"] + ["-D" + d for d in level["defines"]]
 
 
 def extension():
@@ -84,12 +67,12 @@ def extension():
         nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas", "-v"]
         return cpp_extension.CUDAExtension(
             sources=cpp_sources + cu_sources,
-            extra_compile_args={"cxx": cxx + ["-DMLC_WITH_CUDA"], "nvcc": nvcc + ["-DMLC_WITH_CUDA"]},
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
             **common)
     return cpp_extension.CppExtension(sources=cpp_sources, extra_compile_args={"cxx": cxx}, **common)
 
 
-if __name__ == "__main__":  # (tests/cpu_isa_variants.py imports this file for its ISA tables)
+if __name__ == "__main__":
     setup(
         ext_modules=[extension()],
         cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -24,7 +24,7 @@ def _devices():
 def _threads():
     import torch
     old = torch.get_num_threads()
-    torch.set_num_threads(2)  # DESIGN.md section 5: measured with 2 threads
+    torch.set_num_threads(2)  # docs/design.md §6: measured with 2 threads
     yield
     torch.set_num_threads(old)
 

@@ -2,8 +2,8 @@
 // autograd.Function costs ~150 us per forward+backward, a C++ one ~10 us, and at 256x4096 the whole
 // fused pass is well under 1 ms. Forward runs the op below autograd and keeps its gradient;
 // backward only scales it. What needs differentiable formulas (double backward, target gradients)
-// goes through multilabel_cuda::bce_backward_reference, whose kernel is the Python reference
-// (multilabel_cuda/_ops.py), so those formulas exist once.
+// goes through multilabel_cuda::bce_backward (csrc/bce_backward.cpp, ATen ops), so those formulas
+// exist once.
 //
 // Memory: the kept gradient is the op's one N x C buffer, and backward gives that very buffer away
 // (scaled in place unless the upstream gradient is exactly 1) instead of allocating its product with
@@ -101,7 +101,7 @@ using BceOp = OpPair(const at::Tensor&, const at::Tensor&, const std::optional<a
 using SoftMarginOp = OpPair(const at::Tensor&, const at::Tensor&,
                             const std::optional<at::Tensor>&, int64_t, bool);
 using MarginOp = OpPair(const at::Tensor&, const at::Tensor&, int64_t, bool, int64_t);
-using BceReferenceOp = OpPair(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+using BceBackwardOp = OpPair(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                               const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                               int64_t, bool, bool, bool);
 
@@ -167,8 +167,8 @@ struct BceFunction : torch::autograd::Function<Self> {
       });
     }
     if ((want_input && create_graph) || want_target) {
-      static auto ref = find_op<BceReferenceOp>("multilabel_cuda::bce_backward_reference");
-      auto [gi, gt] = ref.call(upstream, saved[0], saved[1], opt(saved[2]), opt(saved[3]),
+      static auto bce_backward = find_op<BceBackwardOp>("multilabel_cuda::bce_backward");
+      auto [gi, gt] = bce_backward.call(upstream, saved[0], saved[1], opt(saved[2]), opt(saved[3]),
                                reduction, kRowMean, want_input && create_graph, want_target);
       if (want_input && create_graph) out[0] = gi;
       if (want_target) out[1] = gt;

@@ -1,16 +1,13 @@
 #include "bce_plan.h"
 
 #include <ATen/ATen.h>
-#include <ATen/ExpandUtils.h>
 
+#include "checks.h"
 #include "output_alloc.h"
+#include "reduction.h"
 
 namespace mlc {
 namespace {
-
-bool is_kernel_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
 
 // View `t` (broadcastable to `shape`) as (rows, cols) with unit or zero column stride. reshape() keeps
 // it a view whenever the strides allow (e.g. a (C,) weight becomes row stride 0); only irregular
@@ -49,36 +46,26 @@ void flatten_rows(BcePlan& plan) {
   plan.cols = n;
 }
 
-void check_operand(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input,
-                   bool same_shape) {
-  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(),
-              " but input is on ", input.device());
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " has dtype ",
-              t.scalar_type(), " but input has dtype ", input.scalar_type());
-  if (same_shape) {
-    TORCH_CHECK(t.sizes() == input.sizes(), op, ": ", name, " size ", t.sizes(),
-                " must be the same as input size ", input.sizes());
-  } else {
-    TORCH_CHECK(at::is_expandable_to(t.sizes(), input.sizes()), op, ": ", name, " of shape ", t.sizes(),
-                " is not broadcastable to input of shape ", input.sizes());
-  }
-}
-
 }  // namespace
 
 BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor& target,
                       const std::optional<at::Tensor>& weight,
                       const std::optional<at::Tensor>& pos_weight, int64_t reduction,
                       bool compute_grad, bool row_mean) {
-  TORCH_CHECK(is_kernel_dtype(input.scalar_type()), op,
-              ": input must be float32, float64, float16 or bfloat16, got ", input.scalar_type());
-  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, op,
-              ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+  check_kernel_input(op, input);
+  check_reduction(op, reduction);
   TORCH_CHECK(!row_mean || input.dim() >= 1, op, ": input must have at least one dimension");
   // Soft margin broadcasts its target like the native composite; BCE requires equal sizes.
-  check_operand(op, "target", target, input, /*same_shape=*/!row_mean);
-  if (weight) check_operand(op, "weight", *weight, input, false);
-  if (pos_weight) check_operand(op, "pos_weight", *pos_weight, input, false);
+  check_operand(op, "target", target, input);
+  check_shape(op, "target", target, input, /*same_shape=*/!row_mean);
+  if (weight) {
+    check_operand(op, "weight", *weight, input);
+    check_shape(op, "weight", *weight, input, false);
+  }
+  if (pos_weight) {
+    check_operand(op, "pos_weight", *pos_weight, input);
+    check_shape(op, "pos_weight", *pos_weight, input, false);
+  }
 
   BcePlan plan;
   plan.row_mean = row_mean;
@@ -103,9 +90,7 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
     plan.loss = empty_output(shape, opts);
   }
   plan.grad = compute_grad ? empty_output({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
-  double scale = row_mean ? 1.0 / static_cast<double>(plan.cols) : 1.0;  // row_mean never flattens
-  if (reduction == kMean && plan.mean_count() > 0) scale /= static_cast<double>(plan.mean_count());
-  plan.grad_scale = scale;
+  plan.scales = loss_scales(reduction, plan.rows, plan.cols, row_mean);  // row_mean never flattens
   return plan;
 }
 

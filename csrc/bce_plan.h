@@ -1,5 +1,5 @@
 // Host-side preparation shared by the CPU and CUDA BCE/soft-margin kernels: checks, broadcasting of
-// weight/pos_weight into (rows, cols) views, output allocation, and the gradient scale.
+// weight/pos_weight into (rows, cols) views, output allocation, and the loss scales.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <optional>
@@ -16,10 +16,8 @@ struct BcePlan {
   int64_t reduction = kMean;
   at::Tensor loss;  // final output: input's shape, its leading shape (row_mean), or a scalar
   at::Tensor grad;  // (rows, cols) contiguous when requested, else empty
-  double grad_scale = 1.0;
+  LossScales scales;
 
-  // Number of loss values the reduction averages over (elements for BCE, rows for soft margin).
-  int64_t mean_count() const { return row_mean ? rows : rows * cols; }
   template <class T>
   BceParams<T> params() const;
 };
@@ -53,7 +51,7 @@ BceParams<T> BcePlan::params() const {
   }
   if (!row_mean && reduction == kNone) p.loss = loss.mutable_data_ptr<T>();
   if (grad.defined() && grad.numel() > 0) p.grad = grad.mutable_data_ptr<T>();
-  p.grad_scale = grad_scale;
+  p.scales = scales;
   return p;
 }
 

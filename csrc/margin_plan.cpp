@@ -2,7 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include "checks.h"
 #include "output_alloc.h"
+#include "reduction.h"
 
 namespace mlc {
 namespace {
@@ -18,15 +20,11 @@ at::Tensor unit_col_stride(at::Tensor v) {
 
 MarginPlan make_margin_plan(const at::Tensor& input, const at::Tensor& target, int64_t reduction,
                             bool compute_grad, int64_t algo) {
-  const auto st = input.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, kOp,
-              ": input must be float32, float64, float16 or bfloat16, got ", st);
+  check_kernel_input(kOp, input);
+  check_operand(kOp, "target", target, input, /*same_dtype=*/false);
   TORCH_CHECK(target.scalar_type() == at::kLong, kOp, ": target must be int64, got ",
               target.scalar_type());
-  TORCH_CHECK(target.device() == input.device(), kOp, ": target is on ", target.device(),
-              " but input is on ", input.device());
-  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, kOp,
-              ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+  check_reduction(kOp, reduction);
   TORCH_CHECK(algo >= kMarginAuto && algo <= kMarginCounting, kOp,
               ": algo must be 0 (auto), 1 (direct) or 2 (counting), got ", algo);
   const int64_t nd = input.dim();
@@ -50,8 +48,8 @@ MarginPlan make_margin_plan(const at::Tensor& input, const at::Tensor& target, i
                 " (expected (K,) with K <= C = ", plan.cols, ")");
     plan.tcols = target.numel();
   }
-  // Like native, the whole target is checked, also past the first -1.
-  if (target.numel() > 0) {
+  // Like native, the whole target is checked, also past the first -1 (a meta target has no values).
+  if (target.numel() > 0 && !target.is_meta()) {
     const auto [mn, mx] = at::aminmax(target);
     const int64_t lo = mn.item<int64_t>(), hi = mx.item<int64_t>();
     const int64_t bad = lo < -1 ? lo : hi;
@@ -65,9 +63,7 @@ MarginPlan make_margin_plan(const at::Tensor& input, const at::Tensor& target, i
   plan.per_row_loss = reduction == kNone && nd == 2;
   plan.loss = plan.per_row_loss ? at::empty({plan.rows}, opts) : at::empty({}, opts);
   plan.grad = compute_grad ? empty_output({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
-  double scale = 1.0 / static_cast<double>(plan.cols);
-  if (reduction == kMean && plan.rows > 0) scale /= static_cast<double>(plan.rows);
-  plan.grad_scale = scale;
+  plan.scales = loss_scales(reduction, plan.rows, plan.cols, /*row_mean=*/true);
   return plan;
 }
 

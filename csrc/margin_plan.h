@@ -1,5 +1,5 @@
 // Host-side preparation shared by the CPU and CUDA multilabel margin kernels: checks (shapes, dtypes,
-// target range over the whole target), (rows, cols) / (rows, tcols) views, outputs, gradient scale.
+// target range over the whole target), (rows, cols) / (rows, tcols) views, outputs, loss scales.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -16,7 +16,7 @@ struct MarginPlan {
   bool per_row_loss = false;  // 'none' on an (N, C) input: loss is (N,); else a scalar
   at::Tensor loss;
   at::Tensor grad;  // (rows, cols) contiguous when requested, else empty
-  double grad_scale = 1.0;
+  LossScales scales;
 
   template <class T>
   MarginParams<T> params() const;
@@ -43,7 +43,7 @@ MarginParams<T> MarginPlan::params() const {
   }
   if (per_row_loss) p.row_loss = loss.mutable_data_ptr<T>();
   if (grad.defined() && grad.numel() > 0) p.grad = grad.mutable_data_ptr<T>();
-  p.grad_scale = grad_scale;
+  p.scales = scales;
   p.algo = algo;
   return p;
 }

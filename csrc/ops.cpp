@@ -17,8 +17,8 @@ TORCH_LIBRARY(multilabel_cuda, m) {
         "int reduction, bool compute_grad) -> (Tensor, Tensor)");
   m.def("multilabel_soft_margin(Tensor input, Tensor target, Tensor? weight, int reduction, "
         "bool compute_grad) -> (Tensor, Tensor)");
-  // algo: 0 auto, 1 direct O(P*C), 2 counting O(C log P) (see csrc/cpu/margin_cpu.cpp); the
-  // Python API always passes 0, tests force each method.
+  // algo: 0 auto (the measured switch rule of csrc/cpu/margin_cpu.cpp), 1 direct O(P*C),
+  // 2 counting O(C log P + P log P) (CPU only). The Python API passes 0.
   m.def("multilabel_margin(Tensor input, Tensor target, int reduction, bool compute_grad, "
         "int algo=0) -> (Tensor, Tensor)");
   // Backward's grad *= upstream, in place on the op's own gradient buffer (csrc/autograd.cpp), for
@@ -26,35 +26,23 @@ TORCH_LIBRARY(multilabel_cuda, m) {
   // skips loss.backward()'s upstream of exactly 1 its own way: the CPU reads it, a CUDA kernel
   // reads it on the device (reading it on the host would synchronize).
   m.def("_scale_grad_(Tensor(a!) grad, Tensor upstream) -> ()");
-  // Backward of bce_with_logits (row_mean false) / multilabel_soft_margin (true) where differentiable
-  // formulas are needed (create_graph, target gradients): (d/d input, d/d target) times upstream
-  // (the loss's gradient, already broadcastable to the input), each an empty tensor unless asked
-  // for. Its kernel is Python (multilabel_cuda/_ops.py: the reference formulas,
-  // CompositeImplicitAutograd); csrc/autograd.cpp calls it.
-  m.def("bce_backward_reference(Tensor upstream, Tensor input, Tensor target, Tensor? weight, "
+  // Differentiable backward of bce_with_logits (row_mean false) / multilabel_soft_margin (true),
+  // for what the fused gradient does not cover (create_graph, target gradients): (d/d input,
+  // d/d target) times upstream (the loss's gradient, already broadcastable to the input), each
+  // undefined unless asked for. Its kernel is ATen ops (csrc/bce_backward.cpp).
+  m.def("bce_backward(Tensor upstream, Tensor input, Tensor target, Tensor? weight, "
         "Tensor? pos_weight, int reduction, bool row_mean, bool input_grad, bool target_grad) "
         "-> (Tensor, Tensor)");
   // Which CPU vector ISA the library was compiled for ("avx512", "avx2" or "default"): Python
-  // refuses to use a build whose instructions this CPU lacks instead of crashing on an illegal
-  // instruction. The flags are setup.py's ISA_CPU_FLAGS.
+  // refuses to use a build whose instructions this CPU lacks (multilabel_cuda/_build_config.py)
+  // instead of crashing on an illegal instruction.
   m.def("cpu_isa() -> str", []() -> std::string {
 #if defined(CPU_CAPABILITY_AVX512)
-    const char* isa = "avx512";
+    return "avx512";
 #elif defined(CPU_CAPABILITY_AVX2)
-    const char* isa = "avx2";
+    return "avx2";
 #else
-    const char* isa = "default";
+    return "default";
 #endif
-#if (defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)) && \
-    (defined(__x86_64__) || defined(__i386__))
-    bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-              __builtin_cpu_supports("f16c");
-#if defined(CPU_CAPABILITY_AVX512)
-    ok = ok && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-#endif
-    if (!ok) return std::string("unsupported:") + isa;
-#endif
-    return isa;
   });
 }

@@ -14,8 +14,8 @@ namespace {
 constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
 // glibc serves requests of 32 MiB and more (its largest dynamic mmap threshold) with a fresh mmap
 // every time, so every page of such a buffer faults once: huge pages make that 512x fewer faults.
-// Smaller buffers usually come back from the heap already mapped, and there MADV_HUGEPAGE hurts:
-// measured 330 page faults per fwd+bwd at 256x4096 fp32 (4 MiB; 0.8 ms instead of 0.21 ms).
+// Smaller buffers usually come back from the heap already mapped, and there MADV_HUGEPAGE hurts
+// (docs/performance.md, "huge pages").
 constexpr size_t kMinBytes = size_t(32) << 20;
 
 bool huge_pages_enabled() {

@@ -6,8 +6,8 @@ namespace mlc {
 
 // at::empty, and on the CPU, for buffers of at least 32 MiB, a request for transparent huge pages on
 // the buffer's 2 MiB-aligned interior (madvise MADV_HUGEPAGE, before anything touches it). Why: a
-// fresh N x C gradient costs one page fault per 4 KiB on first write, which on the reference VM is
-// ~100 ms for 128 MiB (more than the whole fused pass); 2 MiB pages cut that ~5x. torch's own
+// fresh N x C gradient costs one page fault per 4 KiB on first write, more than the whole fused
+// pass; 2 MiB pages cut the faults 512x (docs/performance.md). torch's own
 // THP_MEM_ALLOC_ENABLE=1 does the same for every allocation; this only touches our outputs.
 // Advisory: where THP is off ('never') or madvise fails, nothing changes. Opt out with
 // MULTILABEL_CUDA_HUGE_PAGES=0.

@@ -5,6 +5,14 @@
 
 namespace mlc {
 
+// How the op's outputs come from its per-element terms; computed once on the host by
+// loss_scales() (csrc/reduction.h) and only read by the kernels.
+struct LossScales {
+  double row = 1.0;   // per-row output (soft margin / margin 'none') = row's term sum * row
+  double loss = 1.0;  // scalar output ('mean' / 'sum', or a 1-D margin input) = all terms' sum * loss
+  double grad = 1.0;  // folded into the input gradient (d output / d term)
+};
+
 // A (rows x cols) problem; every operand row r starts at ptr + r * row_stride and its columns are
 // contiguous (col_stride 1) or broadcast (col_stride 0). A null weight/pos_weight means 1.
 template <class T>
@@ -18,15 +26,11 @@ struct BceParams {
   int64_t weight_row_stride = 0, weight_col_stride = 0;
   int64_t pos_weight_row_stride = 0, pos_weight_col_stride = 0;
   T* loss = nullptr;  // elementwise loss (reduction 'none' of BCE), rows x cols contiguous, or null
-  T* grad = nullptr;  // d(reduced loss)/d(input) for an upstream gradient of 1, contiguous, or null
-  double grad_scale = 1.0;  // 1, 1/cols (soft margin) or 1/numel (mean): folded into grad
+  T* grad = nullptr;  // d(output)/d(input) for an upstream gradient of 1, contiguous, or null
+  LossScales scales;
 };
 
-}  // namespace mlc
-
-namespace mlc {
-
-// Which per-row algorithm the margin kernel uses (the schema's hidden `algo` argument).
+// Which per-row algorithm the margin kernel uses (the schema's `algo` argument).
 enum MarginAlgo : int { kMarginAuto = 0, kMarginDirect = 1, kMarginCounting = 2 };
 
 // Multilabel margin loss over (rows x cols) scores and a (rows x tcols) int64 target, -1 terminated.
@@ -37,9 +41,9 @@ struct MarginParams {
   const int64_t* target = nullptr;
   int64_t rows = 0, cols = 0, tcols = 0;
   int64_t input_row_stride = 0, target_row_stride = 0;
-  T* row_loss = nullptr;  // per-row loss / cols (reduction 'none' of an (N, C) input), or null
+  T* row_loss = nullptr;  // per-row loss (reduction 'none' of an (N, C) input), or null
   T* grad = nullptr;      // rows x cols contiguous, or null when no gradient is wanted
-  double grad_scale = 1.0;  // 1/cols, or 1/(rows*cols) for 'mean'
+  LossScales scales;
   int algo = kMarginAuto;
 };
 

@@ -10,8 +10,9 @@ from .functional import LossArgumentError
 from .modules import BCEWithLogitsLoss, MultiLabelMarginLoss, MultiLabelSoftMarginLoss
 from .modules import (LinearBCEWithLogitsLoss, LinearMultiLabelMarginLoss,
                       LinearMultiLabelSoftMarginLoss)
+from .sparse import SparseTargets
 
 __all__ = ["functional", "backend", "set_backend", "LossArgumentError", "BCEWithLogitsLoss",
-           "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss", "LinearBCEWithLogitsLoss",
-           "LinearMultiLabelSoftMarginLoss", "LinearMultiLabelMarginLoss"]
+           "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss", "SparseTargets",
+           "LinearBCEWithLogitsLoss", "LinearMultiLabelSoftMarginLoss", "LinearMultiLabelMarginLoss"]
 __version__ = "0.1.0"

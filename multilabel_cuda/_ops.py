@@ -1,74 +1,55 @@
-"""Loads the compiled library and registers what it needs from Python: fake kernels for tracing,
-and the kernel of bce_backward_reference.
+"""Loads the compiled library and registers the ops' fake kernels (shapes for tracing).
 
 Each op returns (loss, grad) where grad is d(loss)/d(input) for an upstream gradient of 1 from the
-same fused pass; its autograd (csrc/autograd.cpp, C++ for the per-call overhead) saves grad and
-backward only scales it. Double backward and target gradients go through the differentiable
-formulas in ``reference`` (input and target are saved by reference: no copies)."""
+same fused pass; its autograd (csrc/autograd.cpp) saves grad and backward only scales it."""
 import torch
 
-from . import reference
-from ._reduction import NONE, MEAN
+from . import _build_config
+from ._reduction import NONE
 
 LOAD_ERROR = None
 try:
     from . import _C  # noqa: F401  (registers torch.ops.multilabel_cuda.*)
 
     _isa = torch.ops.multilabel_cuda.cpu_isa()
-    if _isa.startswith("unsupported"):
-        raise ImportError(f"multilabel_cuda._C was built for {_isa.split(':')[1]}, "
-                          "which this CPU lacks; rebuild on this machine (MULTILABEL_CUDA_CPU_ISA=auto)")
+    if not _build_config.runs_here(_isa):
+        raise ImportError(f"multilabel_cuda._C was built for {_isa}, which this CPU lacks; rebuild "
+                          "on this machine (MULTILABEL_CUDA_CPU_ISA=auto)")
 except (ImportError, OSError, RuntimeError) as e:  # not built, or built against another torch
     LOAD_ERROR = e
 
 AVAILABLE = LOAD_ERROR is None
 
 
-def grad_scale(input, reduction, row_mean):
-    """The factor the kernels fold into grad: 1/C per row for soft margin, 1/count for 'mean'."""
-    cols = input.size(-1) if input.dim() > 0 else 1
-    count = input.numel() // cols if row_mean and cols else input.numel()
-    scale = 1.0 / cols if row_mean and cols else 1.0
-    if reduction == MEAN and count:
-        scale /= count
-    return scale
-
-
-def _bce_backward_reference(upstream, input, target, weight, pos_weight, reduction, row_mean,
-                            input_grad, target_grad):
-    """Kernel of multilabel_cuda::bce_backward_reference (CompositeImplicitAutograd): the gradients
-    the fused op's C++ backward (csrc/autograd.cpp) takes from the differentiable reference formulas,
-    for double backward and target gradients. `upstream` already broadcasts to the input."""
-    scale = grad_scale(input, reduction, row_mean)
-    grad_input = grad_target = input.new_empty(0)
-    if input_grad:
-        grad_input = reference.bce_grad_input(input, target, weight, pos_weight, scale) * upstream
-    if target_grad:
-        g = reference.bce_grad_target(input, target, weight, pos_weight, scale)
-        grad_target = (g * upstream).sum_to_size(target.shape)
-    return grad_input, grad_target
+def _check_devices(fn, input, **operands):
+    """A call mixing devices dispatches to the Meta key (it outranks CPU and CUDA), i.e. here rather
+    than to a kernel's plan: check devices as the plans do (csrc/checks.cpp), with their words."""
+    for name, t in operands.items():
+        if t is not None and t.device != input.device:
+            raise RuntimeError(f"{fn}: {name} is on {t.device} but input is on {input.device}")
 
 
 if AVAILABLE:
     @torch.library.register_fake("multilabel_cuda::multilabel_margin")
     def _(input, target, reduction, compute_grad, algo=0):
+        _check_devices("multilabel_margin_loss", input, target=target)
         per_row = reduction == NONE and input.dim() == 2
         loss = input.new_empty(input.shape[:1] if per_row else ())
         return loss, input.new_empty(input.shape if compute_grad else (0,))
 
     @torch.library.register_fake("multilabel_cuda::bce_with_logits")
     def _(input, target, weight, pos_weight, reduction, compute_grad):
+        _check_devices("binary_cross_entropy_with_logits", input, target=target, weight=weight,
+                       pos_weight=pos_weight)
         loss = input.new_empty(input.shape if reduction == NONE else ())
         return loss, input.new_empty(input.shape if compute_grad else (0,))
 
     @torch.library.register_fake("multilabel_cuda::multilabel_soft_margin")
     def _(input, target, weight, reduction, compute_grad):
+        _check_devices("multilabel_soft_margin_loss", input, target=target, weight=weight)
         loss = input.new_empty(input.shape[:-1] if reduction == NONE else ())
         return loss, input.new_empty(input.shape if compute_grad else (0,))
 
     @torch.library.register_fake("multilabel_cuda::_scale_grad_")
     def _(grad, upstream):
         return None
-
-    torch.library.impl("multilabel_cuda::bce_backward_reference", "CompositeImplicitAutograd",
-                       _bce_backward_reference)

@@ -9,6 +9,7 @@ from torch.autograd import forward_ad
 from . import _backend, reference
 from ._errors import LossArgumentError
 from ._reduction import code as _reduction_code
+from .sparse import SparseTargets
 
 
 def _fail(fn, msg):
@@ -72,7 +73,10 @@ def _compute_grad(input):
 
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
                                      reduction="mean", pos_weight=None):
-    """See torch.nn.functional.binary_cross_entropy_with_logits."""
+    """See torch.nn.functional.binary_cross_entropy_with_logits. target may be a SparseTargets."""
+    if isinstance(target, SparseTargets):
+        return _sparse_loss.binary_cross_entropy_with_logits(input, target, weight, size_average,
+                                                             reduce, reduction, pos_weight)
     fn = "binary_cross_entropy_with_logits"
     red = _reduction_code(reduction, size_average, reduce)
     _check_tensor(fn, "input", input)
@@ -97,7 +101,10 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
 
 def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, reduce=None,
                                 reduction="mean"):
-    """See torch.nn.functional.multilabel_soft_margin_loss."""
+    """See torch.nn.functional.multilabel_soft_margin_loss. target may be a SparseTargets."""
+    if isinstance(target, SparseTargets):
+        return _sparse_loss.multilabel_soft_margin_loss(input, target, weight, size_average, reduce,
+                                                        reduction)
     fn = "multilabel_soft_margin_loss"
     red = _reduction_code(reduction, size_average, reduce)
     _check_tensor(fn, "input", input)
@@ -129,8 +136,11 @@ def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduct
         positives, loss 0), still cut at the first -1 -- no need to pad the target to C columns;
       * any integer target dtype (cast to int64); out-of-range indices raise on every device;
       * an empty batch gives 'sum' = 0 and 'mean' = NaN (native returns uninitialized memory);
-      * float16/bfloat16 are computed in float32; O(C log P) per row for many positives P.
+      * float16/bfloat16 are computed in float32; O(C log P) per row for many positives P;
+      * target may be a SparseTargets (without values).
     """
+    if isinstance(target, SparseTargets):
+        return _sparse_loss.multilabel_margin_loss(input, target, size_average, reduce, reduction)
     fn = "multilabel_margin_loss"
     red = _reduction_code(reduction, size_average, reduce)
     _check_tensor(fn, "input", input)
@@ -161,5 +171,7 @@ def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduct
     return torch.ops.multilabel_cuda.multilabel_margin(input, target, red, _compute_grad(input))[0]
 
 
+from . import _sparse_loss  # noqa: E402  (it uses this module's checks)
+from .metrics import linear_topk, ndcg_at_k, precision_at_k  # noqa: E402,F401
 from .linear import (linear_binary_cross_entropy_with_logits,  # noqa: E402,F401  (fused linear)
                      linear_multilabel_margin_loss, linear_multilabel_soft_margin_loss)

@@ -3,6 +3,7 @@ instantiated for float/double/half/bfloat16 by tests/cuda_compile/instantiate_ke
 nvcc for sm_80 and sm_90 with `-Xptxas -v`: no spills, no local-memory stack. ATen-free: ~20 s.
 
 `python tests/test_cuda_compile.py` prints the register table recorded in csrc/cuda/README.md."""
+import importlib.util
 import os
 import re
 import shutil
@@ -13,9 +14,14 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(ROOT, "tests", "cuda_compile", "instantiate_kernels.cu")
-ARCHS = ("sm_80", "sm_90")
-# Kernels per element type in instantiate_kernels.cu: BCE's 3 fused modes + 2 second passes, the
-# margin loss's direct kernel (it reuses the BCE second passes) and backward's in-place scale.
+_spec = importlib.util.spec_from_file_location(
+    "_build_config", os.path.join(ROOT, "multilabel_cuda", "_build_config.py"))
+_build_config = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_build_config)  # the default CUDA architectures (torch-free)
+
+ARCHS = tuple("sm_" + a.replace(".", "") for a in _build_config.CUDA_ARCH_LIST.split(";"))
+# Kernels per element type in instantiate_kernels.cu: BCE's 3 fused modes, reduce.cuh's 2 second
+# passes, the margin loss's direct kernel and backward's in-place scale.
 KERNELS_PER_TYPE = 7
 TYPES = 4
 

@@ -20,10 +20,9 @@ namespace {
 constexpr int64_t kChunk = 16384;
 constexpr int64_t kGrainElems = 32768;  // below this, threading costs more than it saves
 
-// Independent vectors in flight per step: one element's exp -> log1p/divide chain is ~100 cycles of
-// latency but ~25 of throughput, so a single chain leaves the FMA pipes idle (measured: 4 is 1.6x
-// faster than 1 on Zen 3; 8 spills registers and is slower than 1). AVX512 on Zen 5, 1 thread, ns per
-// element at 256x4096: 2 -> 0.46, 3 -> 0.38, 4 -> 0.36, 8 -> 0.51; with pos_weight 3 is no better.
+// Independent vectors in flight per step: one element's exp -> log1p/divide chain has several times
+// more latency than throughput, so a single chain leaves the FMA pipes idle; 8 spills registers
+// (docs/performance.md, "BCE unroll").
 constexpr int64_t kUnroll = 4;
 
 // Returns the loss sum over row r, columns [c0, c1) (0 when the loss is written elementwise).
@@ -42,7 +41,7 @@ double bce_chunk(const BceParams<T>& P, int64_t r, int64_t c0, int64_t c1) {
   const bool pw_vec = kPosWeight && P.pos_weight_col_stride != 0;
   const V w_bcast(kWeight ? acc_t(w[0]) : acc_t(1));
   const V pw_bcast(kPosWeight ? acc_t(pw[0]) : acc_t(1));
-  const V scale(static_cast<acc_t>(P.grad_scale));
+  const V scale(static_cast<acc_t>(P.scales.grad));
   T* grad = P.grad ? P.grad + r * P.cols : nullptr;
   T* loss = P.loss ? P.loss + r * P.cols : nullptr;
 
@@ -113,22 +112,18 @@ void bce_cpu_impl(BcePlan& plan) {
                      }
                    });
   if (!sums) return;
-  const double cols = static_cast<double>(P.cols);
   if (plan.reduction == kNone) {  // soft margin: one value per row
     T* out = plan.loss.mutable_data_ptr<T>();
     for (int64_t r = 0; r < P.rows; ++r) {
       double s = 0;
       for (int64_t k = 0; k < chunks; ++k) s += partial[r * chunks + k];
-      out[r] = static_cast<T>(s / cols);
+      out[r] = static_cast<T>(s * P.scales.row);
     }
     return;
   }
   double total = 0;
   for (double s : partial) total += s;
-  // Soft margin sums per-row means: no rows is 0 (also for 0 classes); rows of 0 classes are NaN.
-  if (plan.row_mean && P.rows > 0) total /= cols;
-  if (plan.reduction == kMean) total /= static_cast<double>(plan.mean_count());
-  *plan.loss.mutable_data_ptr<T>() = static_cast<T>(total);
+  *plan.loss.mutable_data_ptr<T>() = static_cast<T>(total * P.scales.loss);
 }
 
 std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& input,

@@ -30,19 +30,9 @@ namespace {
 
 constexpr int64_t kGrainElems = 32768;  // below this many scores, threading costs more than it saves
 
-// Switch point between the two methods: direct when P <= kDirectMaxTargets<A>. Measured with the op
-// alone (loss + gradient), 256 x 4096, random distinct positives, 1 thread (2 threads were too noisy
-// on the shared 2-core Zen 3 build box), min of 11 runs, ms, direct / counting:
-//   P     1         4         8         16        24          32         48         64          128
-//   fp32  1.47/5.43 1.27/5.20 1.80/5.54 2.94/6.15 3.88/6.66   4.66/6.76  6.84/7.57  13.11/12.12 26.4/12.7
-//   fp64  2.24/3.90 2.58/5.09 3.27/6.03 5.04/6.77 10.18/10.49 11.52/8.13 14.01/11.2 20.60/9.35  44.6/17.3
-// (P = 256: fp32 52.0/13.8, fp64 90.4/22.8.) The counting path pays ~3 gathers + a scalar bucket
-// update per column whatever P is, so the crossover is P ~ 48-64 for float compute (fp32, fp16,
-// bf16; AVX2 gathers) and P ~ 24 for fp64 (scalar lock-step searches).
-// AVX512 (16 float lanes for the direct loop; the gathers stay 8-wide), Zen 5, same protocol:
-//   P     8         32        64        96        112       128       160
-//   fp32  0.81/3.01 1.73/3.71 2.99/4.38 4.20/5.08 4.83/5.18 5.41/5.33 6.90/5.88
-//   fp64  1.50/3.75 3.10/5.06 5.56/6.11 7.86/6.99 (P = 80: 6.66/6.89)
+// Switch point between the two methods: direct when P <= kDirectMaxTargets<A>, measured per ISA and
+// compute type (docs/performance.md, "margin switch point"). The counting path pays a few gathers
+// and a scalar bucket update per column whatever P is; the direct loop pays P vector compares.
 #if defined(CPU_CAPABILITY_AVX512)
 template <class A>
 constexpr int64_t kDirectMaxTargets = std::is_same_v<A, float> ? 120 : 80;
@@ -318,8 +308,8 @@ double margin_row(const MarginParams<T>& P, int64_t r, Scratch<T>& s) {
   for (int64_t c = 0; c < C; c += L) load(x + c, C - c).store(s.xs.data() + c, std::min(L, C - c));
   for (int64_t j = 0; j < np; ++j) s.thr[j] = math::margin_threshold<A>(s.xs[s.tidx[j]]);
   for (int64_t j = 0; j < np; ++j) s.xs[s.tidx[j]] = std::numeric_limits<A>::quiet_NaN();
-  return direct ? direct_row<T, kGrad>(s, C, np, grad, P.grad_scale)
-                : counting_row<T, kGrad>(s, C, np, grad, P.grad_scale);
+  return direct ? direct_row<T, kGrad>(s, C, np, grad, P.scales.grad)
+                : counting_row<T, kGrad>(s, C, np, grad, P.scales.grad);
 }
 
 template <class T>
@@ -338,20 +328,13 @@ void margin_cpu_impl(MarginPlan& plan) {
       row_loss[r] = P.grad ? margin_row<T, true>(P, r, s) : margin_row<T, false>(P, r, s);
     }
   });
-  const double cols = static_cast<double>(C);
   if (plan.per_row_loss) {  // (not P.row_loss: an empty batch's (0,) loss has no storage)
-    for (int64_t r = 0; r < P.rows; ++r) P.row_loss[r] = static_cast<T>(row_loss[r] / cols);
+    for (int64_t r = 0; r < P.rows; ++r) P.row_loss[r] = static_cast<T>(row_loss[r] * P.scales.row);
     return;
   }
   double total = 0;
   for (double v : row_loss) total += v;
-  total /= cols;
-  if (plan.reduction == kMean) {
-    // An empty batch averages nothing: NaN, like torch.mean of an empty tensor.
-    total = P.rows > 0 ? total / static_cast<double>(P.rows)
-                       : std::numeric_limits<double>::quiet_NaN();
-  }
-  *plan.loss.mutable_data_ptr<T>() = static_cast<T>(total);
+  *plan.loss.mutable_data_ptr<T>() = static_cast<T>(total * P.scales.loss);
 }
 
 std::tuple<at::Tensor, at::Tensor> multilabel_margin_cpu(const at::Tensor& input,

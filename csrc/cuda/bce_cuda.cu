@@ -7,10 +7,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cmath>
-
 #include "../bce_plan.h"
-#include "bce_kernel.cuh"
+#include "bce_launch.cuh"
 #include "launch.h"
 
 namespace mlc::cuda {
@@ -42,15 +40,6 @@ std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& input,
   const c10::cuda::CUDAGuard guard(input.device());
   BcePlan plan = make_bce_plan(op, input, target, weight, pos_weight, reduction, compute_grad,
                                row_mean);
-  if (plan.rows * plan.cols == 0) {  // nothing to launch; reduced values as the CPU kernel gives
-    if (plan.loss.numel() > 0) {
-      double v = 0.0;
-      if (row_mean && plan.rows > 0) v /= static_cast<double>(plan.cols);  // as bce_cpu.cpp
-      if (reduction == kMean) v /= static_cast<double>(plan.mean_count());
-      plan.loss.fill_(v);
-    }
-    return bce_outputs(plan, input);
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bce_cuda",
                                   [&] { bce_cuda_impl<scalar_t>(plan); });
   return bce_outputs(plan, input);

@@ -18,6 +18,7 @@
 #include "../math/scalar_ops.h"
 #include "../params.h"
 #include "common.cuh"
+#include "reduce.cuh"
 
 // Test-only fault injection (tests/cpp builds variants with these to prove the harness catches
 // the bug); never defined in a real build.
@@ -28,8 +29,8 @@ namespace mlc::cuda {
 
 enum BceMode : int {
   kElementwise = 0,  // BCE 'none': loss written per element, no sums
-  kBlockSum = 1,     // 'mean' / 'sum': one partial per block, then bce_sum_partials_kernel
-  kTileSum = 2,      // soft margin 'none': one partial per tile, then bce_row_sums_kernel
+  kBlockSum = 1,     // 'mean' / 'sum': one partial per block, then sum_partials_kernel
+  kTileSum = 2,      // soft margin 'none': one partial per tile, then row_sums_kernel
 };
 
 // Row pointers of one tile, already offset to its first column.
@@ -122,7 +123,7 @@ template <class T, int Mode>
 __global__ void bce_fused_kernel(const BceParams<T> p, const int64_t tile_cols,
                                  const int64_t tiles_per_row, acc_t<T>* partial) {
   using A = acc_t<T>;
-  const A scale = static_cast<A>(p.grad_scale);
+  const A scale = static_cast<A>(p.scales.grad);
   const int64_t tiles = p.rows * tiles_per_row;
   A block_acc = A(0);
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {  // uniform across the block
@@ -140,93 +141,6 @@ __global__ void bce_fused_kernel(const BceParams<T> p, const int64_t tile_cols,
   if constexpr (Mode == kBlockSum) {
     const A s = block_reduce_sum(block_acc);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
-  }
-}
-
-// Second pass of kBlockSum, one block: out[0] = scale * sum(partial[0..n)), in double and in a
-// fixed order.
-template <class T>
-__global__ void bce_sum_partials_kernel(const acc_t<T>* partial, const int64_t n,
-                                        const double scale, T* out) {
-  double s = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += static_cast<double>(partial[i]);
-  s = block_reduce_sum(s);
-  if (threadIdx.x == 0) out[0] = from_acc<T>(s * scale);
-}
-
-// Second pass of kTileSum: out[r] = scale * sum of row r's tile partials, in order.
-template <class T>
-__global__ void bce_row_sums_kernel(const acc_t<T>* partial, const int64_t rows,
-                                    const int64_t tiles_per_row, const double scale, T* out) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
-       r += stride) {
-    double s = 0;
-    for (int64_t k = 0; k < tiles_per_row; ++k) s += static_cast<double>(partial[r * tiles_per_row + k]);
-    out[r] = from_acc<T>(s * scale);
-  }
-}
-
-// ---- Host side: launch shape and the kernel sequence, shared by the .cu launcher and the tests.
-
-struct BceLaunchShape {
-  int mode = kElementwise;
-  int block = 256;
-  int64_t grid = 0;  // blocks of the fused kernel (0: nothing to do)
-  int64_t tile_cols = 0, tiles_per_row = 0, tiles = 0;
-  int64_t partials = 0;  // acc_t<T> elements the caller allocates for `partial`
-  double loss_scale = 1.0;
-};
-
-// reduction: 0 none, 1 mean, 2 sum (at::Reduction). tile_cols 0 picks the default: 4 128-bit
-// accesses per thread; tests pass small values to force several tiles per row.
-inline BceLaunchShape bce_launch_shape(int64_t rows, int64_t cols, int elem_size, int reduction,
-                                       bool row_mean, int block, int64_t max_grid,
-                                       int64_t tile_cols = 0) {
-  BceLaunchShape s;
-  s.block = block;
-  s.mode = reduction != kNone ? kBlockSum : (row_mean ? kTileSum : kElementwise);
-  // A multiple of 8 elements keeps every tile start 16-byte aligned whenever its row start is.
-  s.tile_cols = tile_cols > 0 ? tile_cols : static_cast<int64_t>(block) * 4 * (16 / elem_size);
-  s.tiles_per_row = (cols + s.tile_cols - 1) / s.tile_cols;
-  s.tiles = rows * s.tiles_per_row;
-  s.grid = s.tiles < max_grid ? s.tiles : max_grid;
-  s.partials = s.mode == kBlockSum ? s.grid : (s.mode == kTileSum ? s.tiles : 0);
-  // Same order of operations as the CPU kernel: / cols (soft margin), then / count (mean); an
-  // empty problem gives 0 * inf = NaN for a mean, as torch.mean of an empty tensor.
-  double scale = 1.0;
-  if (row_mean) scale /= static_cast<double>(cols);
-  if (reduction == kMean) scale /= static_cast<double>(row_mean ? rows : rows * cols);
-  s.loss_scale = scale;
-  return s;
-}
-
-// Runs the fused kernel and its second pass. `launch(kernel, grid, block, args...)` starts a
-// kernel (CUDA: <<<grid, block, 0, stream>>> + launch check; tests: the SIMT emulator). `out` is
-// the reduced loss (a scalar, or rows values for soft margin 'none'); unused for BCE 'none'.
-template <class T, class Launch>
-void bce_run(const BceParams<T>& p, const BceLaunchShape& s, acc_t<T>* partial, T* out,
-             Launch&& launch) {
-  if (s.grid > 0) {
-    if (s.mode == kElementwise) {
-      launch(bce_fused_kernel<T, kElementwise>, s.grid, s.block, p, s.tile_cols, s.tiles_per_row,
-             partial);
-    } else if (s.mode == kBlockSum) {
-      launch(bce_fused_kernel<T, kBlockSum>, s.grid, s.block, p, s.tile_cols, s.tiles_per_row,
-             partial);
-    } else {
-      launch(bce_fused_kernel<T, kTileSum>, s.grid, s.block, p, s.tile_cols, s.tiles_per_row,
-             partial);
-    }
-  }
-  if (s.mode == kBlockSum) {
-    launch(bce_sum_partials_kernel<T>, int64_t(1), s.block, static_cast<const acc_t<T>*>(partial),
-           s.partials, s.loss_scale, out);
-  } else if (s.mode == kTileSum && p.rows > 0) {
-    const int64_t blocks = (p.rows + s.block - 1) / s.block;
-    const int64_t cap = s.grid > 0 ? s.grid : 1;
-    launch(bce_row_sums_kernel<T>, blocks < cap ? blocks : cap, s.block,
-           static_cast<const acc_t<T>*>(partial), p.rows, s.tiles_per_row, s.loss_scale, out);
   }
 }
 

@@ -1,5 +1,5 @@
-// Device helpers shared by the kernels of csrc/cuda/*.cuh: accumulation types, 128-bit packs and
-// deterministic warp/block sums. Like the kernels, only uses what tests/cpp/simt_emu.h emulates.
+// Device helpers shared by the kernels of csrc/cuda/*.cuh: accumulation types, 128-bit packs,
+// alignment and rounding. Like the kernels, only uses what tests/cpp/simt_emu.h emulates.
 #pragma once
 #include <cstdint>
 #include <type_traits>
@@ -30,30 +30,6 @@ struct alignas(sizeof(T) * N) Pack {
 
 constexpr int kWarp = 32;
 constexpr int kMaxWarps = 32;
-
-
-template <class A>
-__device__ __forceinline__ A warp_reduce_sum(A v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// Sum over the block, valid in thread 0. blockDim.x must be a multiple of 32 (<= 1024) and every
-// thread of the block must call it (it contains barriers).
-template <class A>
-__device__ __forceinline__ A block_reduce_sum(A v) {
-  __shared__ A warp_sums[kMaxWarps];
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int warps = blockDim.x / kWarp;
-  v = warp_reduce_sum(v);
-  __syncthreads();  // warp 0 may still be reading warp_sums from the previous call
-  if (lane == 0) warp_sums[warp] = v;
-#if !defined(MLC_FAULT_DROP_SYNC)
-  __syncthreads();
-#endif
-  if (warp == 0) v = warp_reduce_sum(lane < warps ? warp_sums[lane] : A(0));
-  return v;
-}
 
 template <class T>
 __device__ __forceinline__ bool aligned16(const T* p) {

@@ -8,10 +8,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <limits>
-
 #include "../margin_plan.h"
-#include "margin_kernel.cuh"
+#include "margin_launch.cuh"
 #include "launch.h"
 
 namespace mlc::cuda {
@@ -23,8 +21,8 @@ void margin_cuda_impl(MarginPlan& plan) {
   const MarginParams<T> p = plan.params<T>();
   const c10::DeviceIndex device = plan.input.device().index();
   const MarginLaunchShape s =
-      margin_launch_shape<A>(p.rows, p.tcols, static_cast<int>(plan.reduction), plan.per_row_loss,
-                             p.grad != nullptr, p.cols, kBlock, max_grid(device));
+      margin_launch_shape<A>(p.rows, p.tcols, plan.per_row_loss, p.grad != nullptr, kBlock,
+                             max_grid(device));
   const auto opts = plan.input.options();
   at::Tensor kscratch = at::empty({s.kscratch}, opts.dtype(at::kLong));
   at::Tensor partial = at::empty({s.partials}, opts.dtype(c10::CppTypeToScalarType<A>::value));
@@ -45,14 +43,9 @@ std::tuple<at::Tensor, at::Tensor> multilabel_margin_cuda(const at::Tensor& inpu
                                                           int64_t algo) {
   const c10::cuda::CUDAGuard guard(input.device());
   // make_margin_plan checks the target range with aminmax + item(): one host sync per call.
-  // algo (auto/direct/counting) selects the CPU method; CUDA has the direct method only.
   MarginPlan plan = make_margin_plan(input, target, reduction, compute_grad, algo);
-  if (plan.rows == 0) {  // nothing to launch: sum 0, mean NaN (torch.mean of nothing), none (0,)
-    if (plan.loss.numel() > 0) {
-      plan.loss.fill_(reduction == kMean ? std::numeric_limits<double>::quiet_NaN() : 0.0);
-    }
-    return margin_outputs(plan, input);
-  }
+  TORCH_CHECK(plan.algo != kMarginCounting,
+              "multilabel_margin_loss: algo 2 (counting) has no CUDA kernel yet; use 0 or 1");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "margin_cuda",
                                   [&] { margin_cuda_impl<scalar_t>(plan); });
   return margin_outputs(plan, input);

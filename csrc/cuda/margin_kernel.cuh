@@ -29,32 +29,10 @@
 
 #include "../math/margin.h"
 #include "../params.h"
-#include "bce_kernel.cuh"  // bce_sum_partials_kernel / bce_row_sums_kernel: the second passes
 #include "common.cuh"
+#include "reduce.cuh"
 
 namespace mlc::cuda {
-
-// Minimum over the block, returned to every thread. Every thread of the block must call it.
-__device__ __forceinline__ int64_t block_min_bcast(int64_t v) {
-  __shared__ int64_t warp_mins[kMaxWarps];
-  __shared__ int64_t result;
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int warps = blockDim.x / kWarp;
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-    const int64_t o = __shfl_down_sync(0xffffffffu, v, offset);
-    v = o < v ? o : v;
-  }
-  __syncthreads();  // every thread has read `result` of the previous call
-  if (lane == 0) warp_mins[warp] = v;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int64_t m = warp_mins[0];
-    for (int w = 1; w < warps; ++w) m = warp_mins[w] < m ? warp_mins[w] : m;
-    result = m;
-  }
-  __syncthreads();
-  return result;
-}
 
 // Bytes of dynamic shared memory for a chunk of `chunk` target occurrences.
 template <class A>
@@ -74,7 +52,7 @@ __global__ void margin_direct_kernel(const MarginParams<T> p, const int64_t chun
   const int64_t C = p.cols;
   const int64_t tid = threadIdx.x, nt = blockDim.x;
   const bool want_grad = p.grad != nullptr;
-  const A scale = static_cast<A>(p.grad_scale);
+  const A scale = static_cast<A>(p.scales.grad);
   int64_t* K = want_grad ? kscratch + static_cast<int64_t>(blockIdx.x) * p.tcols : nullptr;
 
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {  // uniform across the block
@@ -166,78 +144,13 @@ __global__ void margin_direct_kernel(const MarginParams<T> p, const int64_t chun
         if (!first_occurrence) continue;
         int64_t ks = 0;
         for (int64_t k = j; k < P; ++k) ks += y[k] == t ? K[k] : 0;
-        g[t] = from_acc<T>(static_cast<A>(-static_cast<double>(ks) * p.grad_scale));
+        g[t] = from_acc<T>(static_cast<A>(-static_cast<double>(ks) * p.scales.grad));
       }
     }
 
     // 4. Row loss (not yet divided by C).
     const A s = block_reduce_sum(lsum);
     if (threadIdx.x == 0) row_partial[r] = s;
-  }
-}
-
-// ---- Host side: launch shape and the kernel sequence, shared by the .cu launcher and the tests.
-
-struct MarginLaunchShape {
-  int block = 256;
-  int64_t grid = 0;        // blocks of the direct kernel (0: nothing to do)
-  int64_t chunk = 0;       // target occurrences staged in shared memory at a time
-  int64_t smem = 0;        // dynamic shared memory bytes of the direct kernel
-  int64_t kscratch = 0;    // int64 elements the caller allocates for the K counters
-  int64_t partials = 0;    // acc_t<T> elements the caller allocates for the row losses
-  bool per_row_loss = false;
-  double loss_scale = 1.0;
-};
-
-// Cap of the K scratch (int64 elements): limits the grid when target rows are very long.
-constexpr int64_t kMarginMaxScratch = int64_t(1) << 24;
-
-// reduction: 0 none, 1 mean, 2 sum. per_row_loss: 'none' on an (N, C) input. chunk 0 picks the
-// default (1024: 16 KiB of shared memory for float, 20 KiB for double); tests pass small values.
-template <class A>
-MarginLaunchShape margin_launch_shape(int64_t rows, int64_t tcols, int reduction,
-                                      bool per_row_loss, bool grad, int64_t cols, int block,
-                                      int64_t max_grid, int64_t chunk = 0) {
-  MarginLaunchShape s;
-  s.block = block;
-  s.chunk = chunk > 0 ? chunk : 1024;
-  if (tcols > 0 && s.chunk > tcols) s.chunk = tcols;
-  if (s.chunk < 1) s.chunk = 1;
-  s.smem = margin_smem_bytes<A>(s.chunk);
-  int64_t grid = rows < max_grid ? rows : max_grid;
-  if (grad && tcols > 0) {
-    const int64_t cap = kMarginMaxScratch / tcols > 0 ? kMarginMaxScratch / tcols : 1;
-    grid = grid < cap ? grid : cap;
-  }
-  s.grid = grid;
-  s.kscratch = grad ? grid * tcols : 0;
-  s.partials = rows;
-  s.per_row_loss = per_row_loss;
-  // As the CPU kernel: / C, then / rows for a mean (NaN for an empty batch, 0 * inf).
-  double scale = 1.0 / static_cast<double>(cols);
-  if (!per_row_loss && reduction == kMean) scale /= static_cast<double>(rows);
-  s.loss_scale = scale;
-  return s;
-}
-
-// Runs the direct kernel and its second pass. `launch(kernel, grid, block, smem, args...)` starts
-// a kernel. `out`: rows values (per_row_loss) or one scalar.
-template <class T, class Launch>
-void margin_run(const MarginParams<T>& p, const MarginLaunchShape& s, int64_t* kscratch,
-                acc_t<T>* partial, T* out, Launch&& launch) {
-  if (s.grid > 0) {
-    launch(margin_direct_kernel<T>, s.grid, s.block, s.smem, p, s.chunk, kscratch, partial);
-  }
-  if (s.per_row_loss) {
-    if (p.rows > 0) {
-      const int64_t blocks = (p.rows + s.block - 1) / s.block;
-      const int64_t cap = s.grid > 0 ? s.grid : 1;
-      launch(bce_row_sums_kernel<T>, blocks < cap ? blocks : cap, s.block, int64_t(0),
-             static_cast<const acc_t<T>*>(partial), p.rows, int64_t(1), s.loss_scale, out);
-    }
-  } else {
-    launch(bce_sum_partials_kernel<T>, int64_t(1), s.block, int64_t(0),
-           static_cast<const acc_t<T>*>(partial), s.partials, s.loss_scale, out);
   }
 }
 

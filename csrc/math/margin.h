@@ -1,5 +1,5 @@
-// The single source of truth for the multilabel margin loss math, shared by the CPU kernel and the
-// (future) CUDA kernel: plain functions over raw pointers and sizes, no ATen, no allocation.
+// The single source of truth for the multilabel margin loss math, shared by the CPU and CUDA kernels:
+// plain functions over raw pointers and sizes, no ATen, no allocation.
 //
 // Row loss = sum_{j in targets} sum_{i not a target} max(0, 1 - x[y_j] + x[i]).
 // Native evaluates z = 1 - x[t] + x[i] in the scalar type and tests z > 0. Rounding preserves the
@@ -43,8 +43,6 @@ ML_HD void margin_direct_block(V x, const A* thr, int64_t P, V& count, V& sum, V
 struct ScalarMarginOps {
   template <class A>
   static ML_HD bool gt(A x, A t) { return x > t; }
-  template <class A>
-  static ML_HD A keep(bool m, A v) { return m ? v : A(0); }
 };
 
 // Counting method, step 1: t[0, n) sorted ascending without NaNs. Merges equal values in place

@@ -2,7 +2,7 @@
 #pragma once
 
 // Forced on the host: GCC otherwise keeps bce_elem and the vector exp out of line on the CPU (a call
-// through the PLT per vector, and no interleaving of the unrolled chains): measured 1.7x slower.
+// through the PLT per vector, and no interleaving of the unrolled chains; docs/performance.md).
 #if defined(__GNUC__)
 #define ML_FORCE_INLINE inline __attribute__((always_inline))
 #else

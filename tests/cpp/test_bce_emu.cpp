@@ -5,7 +5,8 @@
 // MLC_FAULT_* defined; CTest expects the sanitizer report there (see CMakeLists.txt).
 #include "simt_emu.h"  // first: defines the CUDA keywords for the kernel header
 
-#include <cuda/bce_kernel.cuh>
+#include <cuda/bce_launch.cuh>
+#include <reduction.h>
 
 #include <cinttypes>
 #include <vector>
@@ -133,7 +134,7 @@ void run_case(const Case& k, uint64_t seed) {
   if (elementwise && R * C > 0) p.loss = loss.data() + off;
   double grad_scale = k.row_mean ? 1.0 / C : 1.0;
   if (k.reduction == mlc::kMean && R * C > 0) grad_scale /= k.row_mean ? R : R * C;
-  p.grad_scale = grad_scale;
+  p.scales = mlc::loss_scales(k.reduction, R, C, k.row_mean);  // grad_scale is the oracle's own
 
   const mlc::cuda::BceLaunchShape s = mlc::cuda::bce_launch_shape(
       R, C, sizeof(T), k.reduction, k.row_mean, k.block, k.max_grid, k.tile_cols);

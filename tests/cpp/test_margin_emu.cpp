@@ -4,7 +4,8 @@
 //   test_margin_emu [full|small]
 #include "simt_emu.h"  // first: defines the CUDA keywords for the kernel header
 
-#include <cuda/margin_kernel.cuh>
+#include <cuda/margin_launch.cuh>
+#include <reduction.h>
 
 #include <cinttypes>
 #include <limits>
@@ -119,13 +120,13 @@ void run_case(const Case& k, uint64_t seed) {
   }
   std::vector<T> grad(k.grad ? R * C : 0, to_t<T>(-777));
   if (k.grad && R * C > 0) p.grad = grad.data();
-  double scale = 1.0 / C;
+  double scale = 1.0 / C;  // the oracle's own (p.scales comes from the plan's rule)
   if (k.reduction == mlc::kMean && R > 0) scale /= R;
-  p.grad_scale = scale;
+  p.scales = mlc::loss_scales(k.reduction, R, C, /*row_mean=*/true);
   const bool per_row = k.per_row && k.reduction == mlc::kNone;
 
-  const auto s = mlc::cuda::margin_launch_shape<A>(R, KT, k.reduction, per_row, p.grad != nullptr,
-                                                   C, k.block, k.max_grid, k.chunk);
+  const auto s = mlc::cuda::margin_launch_shape<A>(R, KT, per_row, p.grad != nullptr, k.block,
+                                                   k.max_grid, k.chunk);
   std::vector<int64_t> kscratch(s.kscratch, -5);
   std::vector<A> partial(s.partials, A(-5));
   std::vector<T> out(per_row ? R : 1, to_t<T>(-777));

@@ -6,6 +6,7 @@
 
 #include "cuda/bce_kernel.cuh"
 #include "cuda/margin_kernel.cuh"
+#include "cuda/reduce.cuh"
 #include "cuda/scale_kernel.cuh"
 
 namespace mlc::cuda {
@@ -16,16 +17,16 @@ namespace mlc::cuda {
                                                           const int64_t, acc_t<T>*);            \
   template __global__ void bce_fused_kernel<T, kTileSum>(const BceParams<T>, const int64_t,     \
                                                          const int64_t, acc_t<T>*);             \
-  template __global__ void bce_sum_partials_kernel<T>(const acc_t<T>*, const int64_t,           \
-                                                      const double, T*);                        \
-  template __global__ void bce_row_sums_kernel<T>(const acc_t<T>*, const int64_t, const int64_t, \
-                                                  const double, T*);
+  template __global__ void sum_partials_kernel<T>(const acc_t<T>*, const int64_t, const double,  \
+                                                  T*);                                          \
+  template __global__ void row_sums_kernel<T>(const acc_t<T>*, const int64_t, const int64_t,     \
+                                              const double, T*);
 MLC_INSTANTIATE_BCE(float)
 MLC_INSTANTIATE_BCE(double)
 MLC_INSTANTIATE_BCE(c10::Half)
 MLC_INSTANTIATE_BCE(c10::BFloat16)
 
-// The margin loss's direct kernel (its second passes are the BCE ones above).
+// The margin loss's direct kernel (its second passes are reduce.cuh's, instantiated above).
 #define MLC_INSTANTIATE_MARGIN(T)                                                               \
   template __global__ void margin_direct_kernel<T>(const MarginParams<T>, const int64_t,       \
                                                    int64_t*, acc_t<T>*);
