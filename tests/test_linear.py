@@ -244,6 +244,12 @@ def test_opcheck():
         torch.library.opcheck(ops.linear_soft_margin.default,
                               (x, w, None, t, None, None, None, red, 4, True, True, False))
         torch.library.opcheck(ops.linear_margin.default, (x, w, b, tm, red, 4, False, True, True))
+    cls = _sparse_class()
+    if cls is not None:  # the sparse target's CSR parts
+        sp = cls.from_dense(t * (torch.rand_like(t) < 0.3))
+        torch.library.opcheck(ops.linear_bce.default,
+                              (x, w, b, None, sp.indices, sp.offsets, sp.values, None, 1, 4, True,
+                               True, True))
     torch.library.opcheck(ops.linear_loss_backward.default,
                           (torch.rand(3, 9, dtype=x.dtype), x.detach(), w.detach(), b.detach(), t,
                            None, None, None, None, L.BCE, 0, 4, True, True, True))
