@@ -383,3 +383,24 @@ def test_torch_compile_inductor():
     torch.testing.assert_close(got, ref)
     for g, r in zip(torch.autograd.grad(got, (x, w, b)), torch.autograd.grad(ref, (x, w, b))):
         torch.testing.assert_close(g, r)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_cpu_oracle(kind, dtype):
+    """On CUDA (cuBLAS chunks; the CUDA loss kernel where the extension has one): against the
+    oracle on the same values in float32 on the CPU."""
+    n, d, c = 33, 16, 1000
+    x, w, b = (t.detach().cuda().requires_grad_() for t in leaves(n, d, c, dtype))
+    target = make_target(kind, n, c, dtype=torch.float32)
+    got = fused(kind, x, w, b, target.cuda(), "mean", 128)
+    gg = torch.autograd.grad(got, (x, w, b))
+    x32, w32, b32 = (t.detach().float().cpu().requires_grad_() for t in (x, w, b))
+    ref = native(kind, x32, w32, b32, target, "mean")
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(got.float().cpu(), ref, **tol)
+    for g, r in zip(gg, torch.autograd.grad(ref, (x32, w32, b32))):
+        torch.testing.assert_close(g.float().cpu(), r, **tol)
+    with pytest.raises(LossArgumentError, match="target is on cpu"):
+        fused(kind, x, w, b, target, "mean", 128)
