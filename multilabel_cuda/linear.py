@@ -6,7 +6,8 @@ margin: the compiled ``multilabel_cuda::bce_with_logits`` where the extension ha
 device, else the reference formulas; margin: torch ops per target slot), then at once the chunk's gradient contributions: input's accumulated by a GEMM into an
 (N, D) buffer, weight's rows and bias's entries written in place. All of it happens in forward when
 gradients are needed; backward only scales by the upstream gradient. Memory beyond the parameters
-and their gradients is O(N * chunk + N * D), whatever C is.
+and their gradients is O(N * chunk + N * D), whatever C is (float16/bfloat16 add the chunk's weight
+rows in float32, chunk x D; the margin loss adds O(N * K) for K target slots a row).
 
 Autograd goes through torch.library custom ops (``multilabel_cuda::linear_bce``,
 ``linear_soft_margin``, ``linear_margin``, and ``linear_loss_backward`` for what cannot be a scale):
