@@ -1,6 +1,6 @@
 """Pure-PyTorch implementations: the fallback when the compiled library is missing (or on
-``MULTILABEL_CUDA_BACKEND=reference``), and the differentiable formulas that double backward and
-forward-mode AD go through. Inputs arrive already validated and dtype-aligned by ``functional``."""
+``MULTILABEL_CUDA_BACKEND=reference``), and what runs where the fused ops' autograd does not reach
+(forward-mode AD, torch.func transforms, weight/pos_weight gradients). Inputs arrive already validated and dtype-aligned by ``functional``."""
 import torch
 import torch.nn.functional as F
 
@@ -15,44 +15,32 @@ def _reduce(loss, reduction):
     return loss
 
 
+def _in_float32(*tensors):
+    """float16/bfloat16 tensors as float32 (others as they are; None stays None). The losses compute
+    in that type and cast the result back: one rounding of the loss, and autograd's gradients are
+    computed in float32 too, each rounded once by the cast's backward."""
+    return [t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
+            for t in tensors]
+
+
 def binary_cross_entropy_with_logits(input, target, weight, pos_weight, reduction):
-    log_sigmoid = F.logsigmoid(input)
+    x, target, weight, pos_weight = _in_float32(input, target, weight, pos_weight)
+    log_sigmoid = F.logsigmoid(x)
     if pos_weight is not None:
         log_sigmoid = log_sigmoid * ((pos_weight - 1) * target + 1)
-    loss = (1 - target) * input - log_sigmoid
+    loss = (1 - target) * x - log_sigmoid
     if weight is not None:
         loss = loss * weight
-    return _reduce(loss, reduction)
+    return _reduce(loss, reduction).to(input.dtype)
 
 
 def multilabel_soft_margin_loss(input, target, weight, reduction):
-    loss = -(target * F.logsigmoid(input) + (1 - target) * F.logsigmoid(-input))
+    x, target, weight = _in_float32(input, target, weight)
+    loss = -(target * F.logsigmoid(x) + (1 - target) * F.logsigmoid(-x))
     if weight is not None:
         loss = loss * weight
-    loss = loss.sum(dim=-1) / input.size(-1)
-    return _reduce(loss, reduction)
-
-
-def bce_grad_input(input, target, weight, pos_weight, scale):
-    """d(loss)/d(input) for an upstream gradient of 1, times ``scale``; differentiable."""
-    if pos_weight is None:
-        g = torch.sigmoid(input) - target
-    else:
-        g = ((pos_weight - 1) * target + 1) * torch.sigmoid(input) - pos_weight * target
-    if weight is not None:
-        g = g * weight
-    return g * scale
-
-
-def bce_grad_target(input, target, weight, pos_weight, scale):
-    """d(loss)/d(target) for an upstream gradient of 1, times ``scale``, per element of the input
-    (sum it to a broadcast target's shape); differentiable."""
-    g = -input
-    if pos_weight is not None:
-        g = g - (pos_weight - 1) * F.logsigmoid(input)
-    if weight is not None:
-        g = g * weight
-    return (g * scale).expand(input.shape)
+    loss = loss.sum(dim=-1) / x.size(-1)
+    return _reduce(loss, reduction).to(input.dtype)
 
 
 def check_margin_target(target, cols):
@@ -72,12 +60,18 @@ def check_margin_target(target, cols):
 
 def multilabel_margin_loss(input, target, reduction):
     """input (), (C,) or (N, C); target int64 (), (K,) or (N, K) with K <= C, cut at the first -1.
-    Loops over target slots so memory stays O(N*C), not O(N*K*C). Half types compute in float32,
-    like the kernels; the hinge test is native's (z = 1 - x[y] + x[i] in the compute type, z > 0)."""
+    Loops over target slots so memory stays O(N*C), not O(N*K*C).
+
+    The hinge test is native's: z = 1 - x[y] + x[i] > 0 evaluated in the compute type (float32 for
+    the half types, as the kernels). The hinge values, the reduction and, through autograd, the
+    gradient are accumulated in float64 and rounded once to the input's type: a column's gradient
+    is its hinge count times the scale, which float64 holds exactly where thousands of 1/C terms
+    summed in float32 would not (at the cost of a float64 copy of the scores)."""
     cols = input.size(-1) if input.dim() > 0 else 1
     check_margin_target(target, cols)
     compute = torch.promote_types(input.dtype, torch.float32)
-    x = input.to(compute).reshape(-1, cols)
+    x = input.to(torch.float64).reshape(-1, cols)
+    xc = None if compute == torch.float64 else input.detach().to(compute).reshape(-1, cols)
     t = target.reshape(x.size(0), target.size(-1) if target.dim() > 0 else 1)
     valid = torch.cumprod((t != -1).to(torch.int64), dim=1).bool()
     idx = torch.where(valid, t, torch.zeros_like(t))
@@ -92,10 +86,12 @@ def multilabel_margin_loss(input, target, reduction):
     for k in range(t.size(1)):
         if early_exit and not bool(valid[:, k].any()):
             break
-        z = 1 - x.gather(1, idx[:, k:k + 1]) + x
-        keep = (z > 0) & ~is_target & valid[:, k:k + 1]
+        tk = idx[:, k:k + 1]
+        z = 1 - x.gather(1, tk) + x
+        zc = z if xc is None else 1 - xc.gather(1, tk) + xc  # the hinge test's z
+        keep = (zc > 0) & ~is_target & valid[:, k:k + 1]
         row = row + torch.where(keep, z, torch.zeros_like(z)).sum(dim=1)
-    row = (row / cols).to(input.dtype)
+    row = row / cols
     if input.dim() < 2:
-        return row.reshape(())
-    return _reduce(row, reduction)
+        return row.reshape(()).to(input.dtype)
+    return _reduce(row, reduction).to(input.dtype)
