@@ -3,8 +3,9 @@
 The classes are streamed in chunks. For each chunk: its logits by one GEMM into a reused N x chunk
 buffer (float32, or float64 for float64 tensors), the loss and its gradient on them (BCE and soft
 margin: the compiled ``multilabel_cuda::bce_with_logits`` where the extension has a kernel for the
-device, else the reference formulas; margin: torch ops per target slot), then at once the chunk's gradient contributions: input's accumulated by a GEMM into an
-(N, D) buffer, weight's rows and bias's entries written in place. All of it happens in forward when
+device, else the reference formulas; margin: torch ops per target slot), then at once the chunk's
+gradient contributions: input's accumulated by a GEMM into an (N, D) buffer, weight's rows and
+bias's entries written in place. All of it happens in forward when
 gradients are needed; backward only scales by the upstream gradient. Memory beyond the parameters
 and their gradients is O(N * chunk + N * D), whatever C is (float16/bfloat16 add the chunk's weight
 rows in float32, chunk x D; the margin loss adds O(N * K) for K target slots a row).
@@ -86,10 +87,15 @@ def _bce_chunk_extension(logits, target, pos_weight, reduction, compute_grad):
 
 
 def _bce_chunk_reference(logits, target, pos_weight, reduction, compute_grad):
-    """The same by the reference formulas (plain torch)."""
+    """The same in plain torch: the reference loss, and its derivative d/dx of
+    (1 - t) x - (1 + (p - 1) t) log sigmoid(x), which is (1 + (p - 1) t) sigmoid(x) - p t."""
     loss = reference.binary_cross_entropy_with_logits(logits, target, None, pos_weight, reduction)
-    grad = reference.bce_grad_input(logits, target, None, pos_weight, 1.0) if compute_grad else None
-    return loss, grad
+    if not compute_grad:
+        return loss, None
+    grad = torch.sigmoid(logits)
+    if pos_weight is None:
+        return loss, grad.sub_(target)
+    return loss, grad.mul_((pos_weight - 1) * target + 1).sub_(pos_weight * target)
 
 
 def _bce_chunk(logits, target, pos_weight, reduction, compute_grad):

@@ -1,6 +1,7 @@
 """Fused linear + loss (multilabel_cuda/linear.py) against F.linear + the torch.nn.functional
-losses: loss and the gradients w.r.t. input, weight and bias, over chunk sizes, reductions, dtypes and both
-backends; autograd contract (gradcheck, opcheck, torch.compile, double backward); bad input."""
+losses: loss and the gradients w.r.t. input, weight and bias, over chunk sizes, reductions, dtypes
+and both backends; autograd contract (gradcheck, opcheck, torch.compile, double backward); bad
+input."""
 import pytest
 import torch
 import torch.nn.functional as F
