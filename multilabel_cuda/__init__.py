@@ -14,5 +14,6 @@ from .sparse import SparseTargets
 
 __all__ = ["functional", "backend", "set_backend", "LossArgumentError", "BCEWithLogitsLoss",
            "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss", "SparseTargets",
-           "LinearBCEWithLogitsLoss", "LinearMultiLabelSoftMarginLoss", "LinearMultiLabelMarginLoss"]
+           "LinearBCEWithLogitsLoss", "LinearMultiLabelSoftMarginLoss",
+           "LinearMultiLabelMarginLoss"]
 __version__ = "0.1.0"
