@@ -6,7 +6,7 @@ CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export CUDA_HOME
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build venv clean cpp-test cpp-test-large isa-test
+.PHONY: test bench build venv clean cpp-test cpp-test-large isa-test gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,15 @@ cpp-test-large:
 BENCH_ARGS ?=
 bench: build
 	$(PY) -m bench.compare $(BENCH_ARGS)
+
+# On a machine with a CUDA device: build, the CUDA tests (pytest -m cuda) and the benchmark on the
+# device (bench/results/cuda.json and cuda.png). Without a device it says so and succeeds.
+gpu-check: venv
+	@if ! $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+	  echo "gpu-check: no CUDA device on this machine, nothing to check"; exit 0; fi; \
+	$(MAKE) build MAX_JOBS=$$(nproc) && \
+	$(PY) -m pytest -q -m cuda tests && \
+	$(PY) -m bench.compare --device cuda --json bench/results/cuda.json --plot bench/results/cuda.png
 
 clean:
 	rm -rf build build-cmake build-isa $(VENV) multilabel_cuda/_C*.so *.egg-info

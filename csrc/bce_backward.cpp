@@ -26,12 +26,10 @@ double grad_scale(const at::Tensor& input, int64_t reduction, bool row_mean) {
 // undefined tensor unless asked for:
 //   loss = w [(1 - y) x + (1 + (p - 1) y) softplus(-x)]
 //   d/dx = w [(1 + (p - 1) y) sigmoid(x) - p y],   d/dy = w [-x - (p - 1) log sigmoid(x)]
-std::tuple<at::Tensor, at::Tensor> bce_backward(const at::Tensor& upstream, const at::Tensor& input,
-                                                const at::Tensor& target,
-                                                const std::optional<at::Tensor>& weight,
-                                                const std::optional<at::Tensor>& pos_weight,
-                                                int64_t reduction, bool row_mean, bool input_grad,
-                                                bool target_grad) {
+std::tuple<at::Tensor, at::Tensor> bce_backward_impl(
+    const at::Tensor& upstream, const at::Tensor& input, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& pos_weight,
+    int64_t reduction, bool row_mean, bool input_grad, bool target_grad) {
   const double scale = grad_scale(input, reduction, row_mean);
   const bool has_pw = pos_weight.has_value() && pos_weight->defined();
   const bool has_w = weight.has_value() && weight->defined();
@@ -50,6 +48,28 @@ std::tuple<at::Tensor, at::Tensor> bce_backward(const at::Tensor& upstream, cons
     grad_target = finish(g.expand(input.sizes())).sum_to_size(target.sizes());
   }
   return {grad_input, grad_target};
+}
+
+// Half types are computed in float32 and rounded once, as in the kernels.
+std::tuple<at::Tensor, at::Tensor> bce_backward(const at::Tensor& upstream, const at::Tensor& input,
+                                                const at::Tensor& target,
+                                                const std::optional<at::Tensor>& weight,
+                                                const std::optional<at::Tensor>& pos_weight,
+                                                int64_t reduction, bool row_mean, bool input_grad,
+                                                bool target_grad) {
+  if (!at::isReducedFloatingType(input.scalar_type())) {
+    return bce_backward_impl(upstream, input, target, weight, pos_weight, reduction, row_mean,
+                             input_grad, target_grad);
+  }
+  auto wide = [](const at::Tensor& t) { return t.to(at::kFloat); };
+  auto wide_opt = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    return t.has_value() && t->defined() ? std::optional<at::Tensor>(wide(*t)) : std::nullopt;
+  };
+  auto [gi, gt] = bce_backward_impl(wide(upstream), wide(input), wide(target), wide_opt(weight),
+                                    wide_opt(pos_weight), reduction, row_mean, input_grad,
+                                    target_grad);
+  return {gi.defined() ? gi.to(input.scalar_type()) : gi,
+          gt.defined() ? gt.to(target.scalar_type()) : gt};
 }
 
 }  // namespace

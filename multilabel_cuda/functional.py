@@ -173,3 +173,5 @@ def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduct
 
 from . import _sparse_loss  # noqa: E402  (it uses this module's checks)
 from .metrics import linear_topk, ndcg_at_k, precision_at_k  # noqa: E402,F401
+from .linear import (linear_binary_cross_entropy_with_logits,  # noqa: E402,F401  (fused linear)
+                     linear_multilabel_margin_loss, linear_multilabel_soft_margin_loss)

@@ -6,11 +6,8 @@ import operator
 import torch
 
 from . import functional as _F
+from .linear import default_chunk_size
 from .sparse import SparseTargets
-
-# Classes per chunk when chunk_size is None: the N x chunk logits buffer; wide enough for the GEMM
-# to run at full speed, narrow enough that memory stays far below N x C. Not tuned by measurement.
-_DEFAULT_CHUNK = 4096
 
 
 def _int_arg(fn, name, v, lo):
@@ -51,8 +48,8 @@ def linear_topk(input, weight, k, bias=None, chunk_size=None):
     each chunk's top k is merged into the running top k. Peak memory O(N * (chunk_size + k)).
 
     input (N, D) (or (D,): one row, results (k,)), weight (C, D), bias (C,) or None, one dtype and
-    device; 0 <= k <= C; chunk_size None (4096) or >= 1. Rows are sorted by value, descending, and
-    tied values by class index, ascending: the result is that of
+    device; 0 <= k <= C; chunk_size None (the fused linear losses' rule) or >= 1. Rows are
+    sorted by value, descending, and tied values by class index, ascending: the result is that of
     torch.sort(logits, dim=-1, descending=True, stable=True)[..., :k] (torch.topk returns the same
     values; among ties its indices may differ). NaN logits rank first, as in torch.topk and torch.sort;
     the order of several NaNs is unspecified. The chunk GEMMs may round differently from one full
@@ -82,11 +79,11 @@ def linear_topk(input, weight, k, bias=None, chunk_size=None):
     k = _int_arg(fn, "k", k, 0)
     if k > num_classes:
         _F._fail(fn, f"k = {k} exceeds the number of classes C = {num_classes}")
-    chunk = _DEFAULT_CHUNK if chunk_size is None else _int_arg(fn, "chunk_size", chunk_size, 1)
-    chunk = min(chunk, max(num_classes, 1))
-
     x = input.detach().unsqueeze(0) if input.dim() == 1 else input.detach()
     n = x.size(0)
+    chunk = (default_chunk_size(n, num_classes, x.dtype) if chunk_size is None
+             else _int_arg(fn, "chunk_size", chunk_size, 1))
+    chunk = min(chunk, max(num_classes, 1))
     top_v = x.new_empty((n, 0))
     top_i = torch.empty((n, 0), dtype=torch.int64, device=x.device)
     if k == 0:

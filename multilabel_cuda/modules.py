@@ -27,3 +27,7 @@ class MultiLabelMarginLoss(torch.nn.MultiLabelMarginLoss):
 
     def forward(self, input, target):
         return F.multilabel_margin_loss(input, target, reduction=self.reduction)
+
+
+from .linear import (LinearBCEWithLogitsLoss, LinearMultiLabelMarginLoss,  # noqa: E402,F401
+                     LinearMultiLabelSoftMarginLoss)

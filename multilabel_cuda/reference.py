@@ -1,6 +1,6 @@
 """Pure-PyTorch implementations: the fallback when the compiled library is missing (or on
-``MULTILABEL_CUDA_BACKEND=reference``), and the differentiable formulas that double backward and
-forward-mode AD go through. Inputs arrive already validated and dtype-aligned by ``functional``."""
+``MULTILABEL_CUDA_BACKEND=reference``), and what runs where the fused ops' autograd does not reach
+(forward-mode AD, torch.func transforms, weight/pos_weight gradients). Inputs arrive already validated and dtype-aligned by ``functional``."""
 import torch
 import torch.nn.functional as F
 
@@ -41,28 +41,6 @@ def multilabel_soft_margin_loss(input, target, weight, reduction):
         loss = loss * weight
     loss = loss.sum(dim=-1) / x.size(-1)
     return _reduce(loss, reduction).to(input.dtype)
-
-
-def bce_grad_input(input, target, weight, pos_weight, scale):
-    """d(loss)/d(input) for an upstream gradient of 1, times ``scale``; differentiable."""
-    if pos_weight is None:
-        g = torch.sigmoid(input) - target
-    else:
-        g = ((pos_weight - 1) * target + 1) * torch.sigmoid(input) - pos_weight * target
-    if weight is not None:
-        g = g * weight
-    return g * scale
-
-
-def bce_grad_target(input, target, weight, pos_weight, scale):
-    """d(loss)/d(target) for an upstream gradient of 1, times ``scale``, per element of the input
-    (sum it to a broadcast target's shape); differentiable."""
-    g = -input
-    if pos_weight is not None:
-        g = g - (pos_weight - 1) * F.logsigmoid(input)
-    if weight is not None:
-        g = g * weight
-    return (g * scale).expand(input.shape)
 
 
 def check_margin_target(target, cols):

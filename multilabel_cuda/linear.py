@@ -1,0 +1,735 @@
+"""Fused linear + loss: the losses of ``F.linear(input, weight, bias)`` without the N x C logits.
+
+The classes are streamed in chunks. For each chunk: its logits by one GEMM into a reused N x chunk
+buffer (float32, or float64 for float64 tensors), the loss and its gradient on them (BCE and soft
+margin: the compiled ``multilabel_cuda::bce_with_logits`` where the extension has a kernel for the
+device, else the reference formulas; margin: torch ops per target slot), then at once the chunk's
+gradient contributions: input's accumulated by a GEMM into an (N, D) buffer, weight's rows and
+bias's entries written in place. All of it happens in forward when
+gradients are needed; backward only scales by the upstream gradient. Memory beyond the parameters
+and their gradients is O(N * chunk + N * D), whatever C is (float16/bfloat16 add the chunk's weight
+rows in float32, chunk x D; the margin loss adds O(N * K) for K target slots a row).
+
+Autograd goes through torch.library custom ops (``multilabel_cuda::linear_bce``,
+``linear_soft_margin``, ``linear_margin``, and ``linear_loss_backward`` for what cannot be a scale):
+
+* reduction 'mean' / 'sum': the forward op returns the three gradients for an upstream of 1 and
+  backward scales them (in eager, in place, handing the buffers to autograd);
+* reduction 'none' (and a retained graph's second backward, and create_graph=True): the upstream is
+  not a scalar, so ``linear_loss_backward`` streams the chunks again with it;
+* double backward is refused with an error (``linear_loss_backward`` has no derivative).
+"""
+import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from . import _backend, _ops, reference
+from ._errors import LossArgumentError
+from ._reduction import NONE, MEAN, SUM, code as _reduction_code
+
+try:
+    from .sparse import SparseTargets as _SparseTargets
+except ModuleNotFoundError as e:  # multilabel_cuda.sparse not there (yet): dense targets only
+    if e.name != f"{__package__}.sparse":
+        raise
+    _SparseTargets = None
+
+__all__ = ["linear_binary_cross_entropy_with_logits", "linear_multilabel_soft_margin_loss",
+           "linear_multilabel_margin_loss", "LinearBCEWithLogitsLoss",
+           "LinearMultiLabelSoftMarginLoss", "LinearMultiLabelMarginLoss", "default_chunk_size"]
+
+# Loss kinds, as the ops' `kind` argument.
+BCE, SOFT_MARGIN, MARGIN = 0, 1, 2
+_FN_NAMES = {BCE: "linear_binary_cross_entropy_with_logits",
+             SOFT_MARGIN: "linear_multilabel_soft_margin_loss",
+             MARGIN: "linear_multilabel_margin_loss"}
+
+_CHUNK_BYTES = 1 << 23  # logits per chunk: 8 MiB (see default_chunk_size)
+_MIN_CHUNK = 256
+
+
+def default_chunk_size(rows, classes, dtype):
+    """The chunk width when ``chunk_size=None``: about 8 MiB of chunk logits,
+    ``clamp(2**23 // (rows * itemsize), 256, classes)`` with itemsize 4 (8 for float64): at
+    N = 256, 8192 classes. Measured on the shared 2-core CPU (N = D = 256, C = 2^16, float32,
+    forward + backward, best of interleaved runs): chunks of 1024 and 2048 columns took about 3.5x
+    and 2x the time of 8192 (per-chunk costs: each GEMM and kernel is a parallel region, which a
+    busy machine makes expensive), 4096 1.45x, 16384 within 10% of 8192. The logits and
+    their gradient (2 x 8 MiB) stay within a last-level cache; the floor of 256 keeps GEMMs wide
+    for large N."""
+    item = 8 if dtype == torch.float64 else 4
+    return max(1, min(classes, max(_MIN_CHUNK, _CHUNK_BYTES // max(1, rows * item))))
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _is_sparse(target):
+    return _SparseTargets is not None and isinstance(target, _SparseTargets)
+
+
+def _global_scale(kind, reduction, rows, classes):
+    """d(loss)/d(summed elementwise loss): 1/C per row for the two per-row losses, then 1/count for
+    'mean'. Written once here; the chunk ops always run with reduction 'sum'."""
+    scale = 1.0 if kind == BCE else 1.0 / classes
+    if reduction == MEAN:
+        count = rows * classes if kind == BCE else rows
+        scale = scale / count if count else 0.0
+    return scale
+
+
+# ---- per-chunk loss and gradient of the BCE family ----------------------------------------------
+
+def _bce_chunk_extension(logits, target, pos_weight, reduction, compute_grad):
+    """(loss, d sum(loss) / d logits) of one chunk by the compiled fused op."""
+    return torch.ops.multilabel_cuda.bce_with_logits(logits, target, None, pos_weight, reduction,
+                                                     compute_grad)
+
+
+def _bce_chunk_reference(logits, target, pos_weight, reduction, compute_grad):
+    """The same in plain torch: the reference loss, and its derivative d/dx of
+    (1 - t) x - (1 + (p - 1) t) log sigmoid(x), which is (1 + (p - 1) t) sigmoid(x) - p t."""
+    loss = reference.binary_cross_entropy_with_logits(logits, target, None, pos_weight, reduction)
+    if not compute_grad:
+        return loss, None
+    grad = torch.sigmoid(logits)
+    if pos_weight is None:
+        return loss, grad.sub_(target)
+    return loss, grad.mul_((pos_weight - 1) * target + 1).sub_(pos_weight * target)
+
+
+def _bce_chunk(logits, target, pos_weight, reduction, compute_grad):
+    if _backend.use_extension("bce_with_logits", logits.device):
+        return _bce_chunk_extension(logits, target, pos_weight, reduction, compute_grad)
+    return _bce_chunk_reference(logits, target, pos_weight, reduction, compute_grad)
+
+
+# ---- the streaming pass -------------------------------------------------------------------------
+
+class _Targets:
+    """The target as the chunks need it: dense columns, or a SparseTargets narrowed per chunk."""
+
+    def __init__(self, dense, indices, offsets, values, classes, dtype):
+        self.dense, self.dtype = dense, dtype
+        self.sparse = None
+        if indices is not None:
+            self.sparse = _SparseTargets.from_csr(indices, offsets, classes, values)
+
+    def chunk(self, c0, n):
+        if self.sparse is not None:
+            return self.sparse.narrow_classes(c0, n).to_dense(self.dtype)
+        return self.dense.narrow(1, c0, n).to(self.dtype)
+
+
+class _Grads:
+    """Accumulates the three gradients chunk by chunk. `scale` (a Python float) is folded into the
+    GEMMs' alpha; a tensor `upstream` (backward of reduction 'none') multiplies the chunk gradient
+    (per row: (N, 1); per element: the chunk's columns of an (N, C) upstream)."""
+
+    def __init__(self, x, input, weight, bias, need, scale, cdt):
+        need_input, need_weight, need_bias = need
+        self.x, self.scale, self.cdt = x, scale, cdt
+        n_rows, d = x.shape
+        self.gi = x.new_zeros(n_rows, d) if need_input else None
+        self.gw = torch.empty_like(weight, memory_format=torch.contiguous_format) \
+            if need_weight else None
+        self.gb = torch.empty_like(bias) if need_bias and bias is not None else None
+        self.input_dtype = input.dtype
+        self._scaled_ones = None
+
+    def any(self):
+        return self.gi is not None or self.gw is not None or self.gb is not None
+
+    def add_chunk(self, grad, w_chunk, c0, n):
+        """grad: (N, n) d loss / d logits of columns [c0, c0 + n), before `scale`."""
+        s = self.scale
+        if self.gi is not None:
+            self.gi.addmm_(grad, w_chunk, alpha=s)
+        if self.gw is not None:
+            rows = self.gw.narrow(0, c0, n)
+            if rows.dtype == self.cdt:
+                rows.addmm_(grad.t(), self.x, beta=0, alpha=s)
+            else:
+                rows.copy_(torch.mm(grad.t(), self.x).mul_(s))
+        if self.gb is not None:  # column sums as a GEMV with the scale folded into its vector
+            if self._scaled_ones is None:
+                self._scaled_ones = grad.new_full((grad.size(0),), s)
+            entries = self.gb.narrow(0, c0, n)
+            if entries.dtype == self.cdt:
+                torch.mv(grad.t(), self._scaled_ones, out=entries)
+            else:
+                entries.copy_(torch.mv(grad.t(), self._scaled_ones))
+
+    def results(self, input, weight, bias):
+        empty = input.new_empty(0)
+        gi = self.gi.to(self.input_dtype) if self.gi is not None else empty
+        gw = self.gw if self.gw is not None else weight.new_empty(0)
+        gb = self.gb if self.gb is not None else (bias if bias is not None else weight).new_empty(0)
+        return gi, gw, gb
+
+
+def _chunk_upstream(grad, upstream, c0, n):
+    if upstream is None:
+        return grad
+    if upstream.dim() == 2:  # per element ('none' BCE)
+        return grad.mul_(upstream.narrow(1, c0, n))
+    if upstream.dim() == 1:  # per row ('none' soft margin / margin)
+        return grad.mul_(upstream.unsqueeze(1))
+    return grad.mul_(upstream)
+
+
+def _chunks(classes, chunk):
+    for c0 in range(0, classes, chunk):
+        yield c0, min(chunk, classes - c0)
+
+
+def _logits(buf, x, weight, bias, c0, n, cdt):
+    """One chunk's logits by one GEMM into the reused buffer; returns them and the chunk's weight
+    rows in the compute dtype."""
+    rows = x.size(0)
+    out = buf.narrow(0, 0, rows * n).view(rows, n)
+    w = weight.narrow(0, c0, n).to(cdt)
+    if bias is not None:
+        torch.addmm(bias.narrow(0, c0, n).to(cdt), x, w.t(), out=out)
+    else:
+        torch.mm(x, w.t(), out=out)
+    return out, w
+
+
+def _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction, chunk, need,
+                upstream=None):
+    """Loss (in input's dtype) and the gradients (input, weight, bias) for an upstream of 1, or of
+    `upstream` when given (then the loss is not needed and not returned)."""
+    rows, classes = input.size(0), weight.size(0)
+    cdt = _compute_dtype(input.dtype)
+    x = input.to(cdt)
+    grads = _Grads(x, input, weight, bias, need, _global_scale(kind, reduction, rows, classes), cdt)
+    compute_grad = grads.any()
+    pw = pos_weight.to(cdt) if pos_weight is not None else None
+    per_element = reduction == NONE and kind == BCE and upstream is None
+    per_row = reduction == NONE and kind == SOFT_MARGIN and upstream is None
+    if per_element:
+        loss = x.new_empty(rows, classes)
+    elif per_row:
+        loss = x.new_zeros(rows)
+    else:
+        loss = x.new_zeros(())
+    buf = x.new_empty(rows * min(chunk, classes))
+    for c0, n in _chunks(classes, chunk):
+        logits, w = _logits(buf, x, weight, bias, c0, n, cdt)
+        pw_c = pw if pw is None or pw.dim() == 0 or pw.size(-1) == 1 else pw.narrow(-1, c0, n)
+        op_red = NONE if per_element or per_row else SUM
+        part, grad = _bce_chunk(logits, targets.chunk(c0, n), pw_c, op_red, compute_grad)
+        if per_element:
+            loss.narrow(1, c0, n).copy_(part)
+        elif per_row:
+            loss += part.sum(1)
+        else:
+            loss += part
+        if compute_grad:
+            grads.add_chunk(_chunk_upstream(grad, upstream, c0, n), w, c0, n)
+    if kind == SOFT_MARGIN:
+        loss /= classes
+    if reduction == MEAN:
+        loss /= rows if kind == SOFT_MARGIN else rows * classes
+    return loss.to(input.dtype), grads
+
+
+def _check_margin_target(target, classes):
+    """Every entry (also past the first -1) in [-1, C), as native checks."""
+    if target.numel() == 0:
+        return
+    lo, hi = int(target.min()), int(target.max())
+    if lo < -1 or hi >= classes:
+        bad = lo if lo < -1 else hi
+        raise LossArgumentError(f"{_FN_NAMES[MARGIN]}: target index {bad} out of range "
+                                f"[-1, {classes})")
+
+
+def _positives(x, weight, bias, idx, valid, cdt, slot_block):
+    """(N, K) scores of each row's target slots (0 where the slot is not valid): K dot products a
+    row, gathered in blocks of slots so the gathered weight rows stay O(N * chunk)."""
+    rows, k_all = idx.shape
+    scores = x.new_zeros(rows, k_all)
+    for k0 in range(0, k_all, slot_block):
+        k1 = min(k_all, k0 + slot_block)
+        w = weight[idx[:, k0:k1]].to(cdt)  # (N, kb, D)
+        s = torch.bmm(w, x.unsqueeze(2)).squeeze(2)
+        if bias is not None:
+            s += bias[idx[:, k0:k1]].to(cdt)
+        scores[:, k0:k1] = torch.where(valid[:, k0:k1], s, 0)
+    return scores
+
+
+def _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream=None):
+    """Multi-label margin: loss_r = sum_{j target} sum_{i not target} max(0, 1 - x[y_j] + x[i]) / C.
+    First the positives' scores, then the chunks: per chunk and target slot, the hinge of every
+    column against that slot's score (torch ops, O(N * chunk * K) per chunk: meant for the small K
+    of multi-label targets). A column's gradient is its number of active hinges; a positive's is
+    minus the number of its active hinges over all chunks, added at the end through its weight row.
+    """
+    rows, classes = input.size(0), weight.size(0)
+    cdt = _compute_dtype(input.dtype)
+    x = input.to(cdt)
+    _check_margin_target(target, classes)
+    t = target.to(torch.int64)
+    valid = torch.cumprod((t != -1).to(torch.int64), dim=1).bool()
+    idx = torch.where(valid, t, 0)
+    slots = int(valid.sum(1).max()) if valid.numel() else 0  # slots past it are never valid
+    idx, valid = idx[:, :slots], valid[:, :slots]
+    grads = _Grads(x, input, weight, bias, need, _global_scale(MARGIN, reduction, rows, classes),
+                   cdt)
+    compute_grad = grads.any()
+    slot_block = max(1, chunk // max(1, input.size(1)))
+    scores = _positives(x, weight, bias, idx, valid, cdt, slot_block)
+    one_minus = 1 - scores
+    row_loss = x.new_zeros(rows)
+    counts = x.new_zeros(rows, slots)  # active hinges of each target slot
+    hit_buf = torch.empty(rows * min(chunk, classes), dtype=torch.int32, device=x.device)
+    buf = x.new_empty(rows * min(chunk, classes))
+    for c0, n in _chunks(classes, chunk):
+        logits, w = _logits(buf, x, weight, bias, c0, n, cdt)
+        local = idx - c0
+        inside = valid & (local >= 0) & (local < n)
+        hits = hit_buf.narrow(0, 0, rows * n).view(rows, n).zero_()
+        is_target = hits.scatter_add_(1, torch.where(inside, local, 0), inside.to(torch.int32)) > 0
+        grad = x.new_zeros(rows, n) if compute_grad else None
+        for k in range(slots):
+            z = one_minus[:, k:k + 1] + logits
+            active = (z > 0) & ~is_target & valid[:, k:k + 1]
+            row_loss += torch.where(active, z, 0).sum(1)
+            if compute_grad:
+                a = active.to(cdt)
+                grad += a
+                counts[:, k] += a.sum(1)
+        if compute_grad:
+            grads.add_chunk(_chunk_upstream(grad, upstream, c0, n), w, c0, n)
+    if compute_grad and slots:
+        _add_positive_grads(grads, x, weight, idx, valid, counts, upstream, slot_block, cdt)
+    loss = row_loss / classes
+    if reduction == MEAN:
+        loss = loss.mean()
+    elif reduction == SUM:
+        loss = loss.sum()
+    return loss.to(input.dtype), grads
+
+
+def _add_positive_grads(grads, x, weight, idx, valid, counts, upstream, slot_block, cdt):
+    """The positives' logits have gradient -counts (times scale and a per-row upstream)."""
+    g = -counts
+    if upstream is not None:
+        g = g * (upstream.unsqueeze(1) if upstream.dim() == 1 else upstream)
+    g = torch.where(valid, g, 0) * grads.scale
+    rows = x.size(0)
+    row_ids = torch.arange(rows, device=x.device).unsqueeze(1)
+    for k0 in range(0, idx.size(1), slot_block):
+        k1 = min(idx.size(1), k0 + slot_block)
+        gk, ik = g[:, k0:k1], idx[:, k0:k1]
+        if grads.gi is not None:
+            grads.gi += torch.bmm(gk.unsqueeze(1), weight[ik].to(cdt)).squeeze(1)
+        flat = ik.reshape(-1)
+        if grads.gw is not None:
+            contrib = gk.reshape(-1, 1) * x[row_ids.expand_as(ik).reshape(-1)]
+            grads.gw.index_add_(0, flat, contrib.to(grads.gw.dtype))
+        if grads.gb is not None:
+            grads.gb.index_add_(0, flat, gk.reshape(-1).to(grads.gb.dtype))
+
+
+def _run(kind, input, weight, bias, target, indices, offsets, values, pos_weight, reduction, chunk,
+         need, upstream=None):
+    with torch.no_grad():
+        if kind == MARGIN:
+            return _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream)
+        targets = _Targets(target, indices, offsets, values, weight.size(0),
+                           _compute_dtype(input.dtype))
+        return _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction, chunk, need,
+                           upstream)
+
+
+# ---- the ops ------------------------------------------------------------------------------------
+
+_LIB = "multilabel_cuda"
+
+
+def _forward(kind, input, weight, bias, target, indices, offsets, values, pos_weight, reduction,
+             chunk_size, need_input, need_weight, need_bias):
+    loss, grads = _run(kind, input, weight, bias, target, indices, offsets, values, pos_weight,
+                       reduction, chunk_size, (need_input, need_weight, need_bias))
+    return (loss, *grads.results(input, weight, bias))
+
+
+@torch.library.custom_op(f"{_LIB}::linear_bce", mutates_args=())
+def _linear_bce(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                target: torch.Tensor | None, indices: torch.Tensor | None,
+                offsets: torch.Tensor | None, values: torch.Tensor | None,
+                pos_weight: torch.Tensor | None, reduction: int, chunk_size: int, need_input: bool,
+                need_weight: bool, need_bias: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(BCE, input, weight, bias, target, indices, offsets, values, pos_weight,
+                    reduction, chunk_size, need_input, need_weight, need_bias)
+
+
+@torch.library.custom_op(f"{_LIB}::linear_soft_margin", mutates_args=())
+def _linear_soft_margin(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        target: torch.Tensor | None, indices: torch.Tensor | None,
+                        offsets: torch.Tensor | None, values: torch.Tensor | None,
+                        reduction: int, chunk_size: int, need_input: bool, need_weight: bool,
+                        need_bias: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(SOFT_MARGIN, input, weight, bias, target, indices, offsets, values, None,
+                    reduction, chunk_size, need_input, need_weight, need_bias)
+
+
+@torch.library.custom_op(f"{_LIB}::linear_margin", mutates_args=())
+def _linear_margin(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   target: torch.Tensor, reduction: int, chunk_size: int, need_input: bool,
+                   need_weight: bool, need_bias: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(MARGIN, input, weight, bias, target, None, None, None, None, reduction,
+                    chunk_size, need_input, need_weight, need_bias)
+
+
+@torch.library.custom_op(f"{_LIB}::linear_loss_backward", mutates_args=())
+def _linear_loss_backward(upstream: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor | None, target: torch.Tensor | None,
+                          indices: torch.Tensor | None, offsets: torch.Tensor | None,
+                          values: torch.Tensor | None, pos_weight: torch.Tensor | None, kind: int,
+                          reduction: int, chunk_size: int, need_input: bool, need_weight: bool,
+                          need_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients for the upstream gradient `upstream` of the loss, by streaming the chunks."""
+    upstream = upstream.to(_compute_dtype(input.dtype))
+    _, grads = _run(kind, input, weight, bias, target, indices, offsets, values, pos_weight,
+                    reduction, chunk_size, (need_input, need_weight, need_bias), upstream)
+    return grads.results(input, weight, bias)
+
+
+def _fake_grads(input, weight, bias, need_input, need_weight, need_bias):
+    gi = input.new_empty(input.shape if need_input else (0,))
+    gw = weight.new_empty(weight.shape if need_weight else (0,))
+    b = bias if bias is not None else weight
+    gb = b.new_empty(bias.shape if need_bias and bias is not None else (0,))
+    return gi, gw, gb
+
+
+def _fake_loss(kind, input, weight, reduction):
+    if reduction != NONE:
+        return input.new_empty(())
+    return input.new_empty((input.size(0), weight.size(0)) if kind == BCE else (input.size(0),))
+
+
+@_linear_bce.register_fake
+def _(input, weight, bias, target, indices, offsets, values, pos_weight, reduction, chunk_size,
+      need_input, need_weight, need_bias):
+    return (_fake_loss(BCE, input, weight, reduction),
+            *_fake_grads(input, weight, bias, need_input, need_weight, need_bias))
+
+
+@_linear_soft_margin.register_fake
+def _(input, weight, bias, target, indices, offsets, values, reduction, chunk_size, need_input,
+      need_weight, need_bias):
+    return (_fake_loss(SOFT_MARGIN, input, weight, reduction),
+            *_fake_grads(input, weight, bias, need_input, need_weight, need_bias))
+
+
+@_linear_margin.register_fake
+def _(input, weight, bias, target, reduction, chunk_size, need_input, need_weight, need_bias):
+    return (_fake_loss(MARGIN, input, weight, reduction),
+            *_fake_grads(input, weight, bias, need_input, need_weight, need_bias))
+
+
+@_linear_loss_backward.register_fake
+def _(upstream, input, weight, bias, target, indices, offsets, values, pos_weight, kind,
+      reduction, chunk_size, need_input, need_weight, need_bias):
+    return _fake_grads(input, weight, bias, need_input, need_weight, need_bias)
+
+
+def _plain(*tensors):
+    """Real tensors seen by no tracer or mode: backward may scale the kept buffers in place."""
+    return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+            and all(type(t) is torch.Tensor and not t.requires_grad for t in tensors))
+
+
+def _scale_(grad, upstream):
+    """grad *= upstream in place; the extension's _scale_grad_ skips loss.backward()'s exact 1
+    (a whole C x D pass) without a host read on CUDA."""
+    has_kernel = _ops.AVAILABLE and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "multilabel_cuda::_scale_grad_", grad.device.type.upper())
+    if has_kernel and upstream.dtype == grad.dtype:
+        torch.ops.multilabel_cuda._scale_grad_(grad, upstream)
+        return grad
+    return grad.mul_(upstream)
+
+
+def _make_autograd(kind, n_args):
+    """setup_context and backward of a forward op. Argument order: input, weight, bias, then the
+    target tensors (and pos_weight), then reduction, chunk_size and the three need flags."""
+
+    def split(inputs):
+        input, weight, bias = inputs[:3]
+        rest = inputs[3:-5]
+        reduction, chunk_size = inputs[-5], inputs[-4]
+        if kind == MARGIN:
+            target_args = (rest[0], None, None, None, None)
+        elif kind == BCE:
+            target_args = tuple(rest)  # target, indices, offsets, values, pos_weight
+        else:
+            target_args = (*rest, None)
+        return input, weight, bias, target_args, reduction, chunk_size
+
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, target_args, reduction, chunk_size = split(inputs)
+        ctx.save_for_backward(input, weight, bias, *target_args)
+        ctx.reduction, ctx.chunk_size = reduction, chunk_size
+        # The gradients computed in forward, when they cover what backward may need.
+        computed = inputs[-3:]
+        wanted = [isinstance(t, torch.Tensor) and t.requires_grad for t in (input, weight, bias)]
+        covered = all(c or not w for c, w in zip(computed, wanted))
+        ctx.kept = list(output[1:]) if reduction != NONE and covered else None
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad_loss, *unused):
+        input, weight, bias, *target_args = ctx.saved_tensors
+        need = ctx.needs_input_grad[:3]
+        none = (None,) * (n_args - 3)
+        if grad_loss is None or not any(need):
+            return (None, None, None) + none
+        if ctx.kept is not None and not torch.is_grad_enabled():
+            kept, ctx.kept = ctx.kept, None
+            if _plain(grad_loss, *kept):  # give the buffers away, scaled in place
+                grads = [_scale_(g, grad_loss) if g.numel() else g for g in kept]
+            else:
+                grads = [g * grad_loss for g in kept]
+                ctx.kept = kept
+        else:
+            # 'none', a retained graph's second backward (the kept buffers were given away), or
+            # create_graph=True (then differentiating the result raises: no double backward).
+            grads = torch.ops.multilabel_cuda.linear_loss_backward(
+                grad_loss, input, weight, bias, *target_args, kind, ctx.reduction,
+                ctx.chunk_size, *need)
+        return tuple(g if n else None for g, n in zip(grads, need)) + none
+
+    return setup_context, backward
+
+
+for _op, _kind, _n in ((_linear_bce, BCE, 13), (_linear_soft_margin, SOFT_MARGIN, 12),
+                       (_linear_margin, MARGIN, 9)):
+    _setup, _backward_fn = _make_autograd(_kind, _n)
+    _op.register_autograd(_backward_fn, setup_context=_setup)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("multilabel_cuda: the fused linear losses do not support double backward "
+                       "(their gradients are not differentiable); use F.linear and the loss "
+                       "functions for higher-order gradients")
+
+
+def _setup_backward(ctx, inputs, output):
+    pass
+
+
+_linear_loss_backward.register_autograd(_no_double_backward, setup_context=_setup_backward)
+
+
+# ---- public functions ---------------------------------------------------------------------------
+
+def _fail(fn, msg):
+    raise LossArgumentError(f"{fn}: {msg}")
+
+
+def _check_args(fn, input, weight, bias, chunk_size):
+    for name, t in (("input", input), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            _fail(fn, f"{name} must be a Tensor, got {type(t).__name__}")
+        if t.layout != torch.strided:
+            _fail(fn, f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    if input.dim() != 2:
+        _fail(fn, f"input must be (N, D), got shape {tuple(input.shape)}")
+    if weight.dim() != 2:
+        _fail(fn, f"weight must be (C, D), got shape {tuple(weight.shape)}")
+    if weight.size(1) != input.size(1):
+        _fail(fn, f"weight has {weight.size(1)} features (shape {tuple(weight.shape)}) but input "
+                  f"has {input.size(1)} (shape {tuple(input.shape)})")
+    if weight.size(0) == 0:
+        _fail(fn, "weight must have at least one class (row)")
+    if input.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        _fail(fn, f"input must be float32, float64, float16 or bfloat16, got {input.dtype}")
+    if weight.dtype != input.dtype:
+        _fail(fn, f"weight has dtype {weight.dtype} but input has dtype {input.dtype}")
+    if weight.device != input.device:
+        _fail(fn, f"weight is on {weight.device} but input is on {input.device}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            _fail(fn, f"bias must be a Tensor or None, got {type(bias).__name__}")
+        if bias.shape != (weight.size(0),):
+            _fail(fn, f"bias must be (C,) = ({weight.size(0)},), got shape {tuple(bias.shape)}")
+        if bias.dtype != input.dtype:
+            _fail(fn, f"bias has dtype {bias.dtype} but input has dtype {input.dtype}")
+        if bias.device != input.device:
+            _fail(fn, f"bias is on {bias.device} but input is on {input.device}")
+    if chunk_size is None:
+        return default_chunk_size(input.size(0), weight.size(0), input.dtype)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        _fail(fn, f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    return chunk_size
+
+
+def _check_no_grad(fn, name, t):
+    if t is not None and torch.is_grad_enabled() and t.requires_grad:
+        _fail(fn, f"{name} requires grad, but the fused linear losses give no gradient w.r.t. "
+                  f"{name}")
+
+
+def _sparse_parts(fn, target, input, weight):
+    """(indices, offsets, values) of a SparseTargets, checked against input and weight."""
+    shape = (input.size(0), weight.size(0))
+    if tuple(target.shape) != shape or getattr(target, "vector", False):
+        _fail(fn, f"target of shape {tuple(target.shape)} does not match (N, C) = {shape}")
+    if target.device != input.device:
+        _fail(fn, f"target is on {target.device} but input is on {input.device}")
+    return target.indices, target.offsets, target.values
+
+
+def _dense_target(fn, target, input, weight, integer_ok):
+    if not isinstance(target, torch.Tensor):
+        _fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
+    shape = (input.size(0), weight.size(0))
+    if tuple(target.shape) != shape:
+        _fail(fn, f"target of shape {tuple(target.shape)} does not match (N, C) = {shape} "
+                  "(input's rows, weight's rows)")
+    if target.device != input.device:
+        _fail(fn, f"target is on {target.device} but input is on {input.device}")
+    if not (target.is_floating_point() or (integer_ok and not target.is_complex()
+                                           and target.dtype != torch.bool)):
+        _fail(fn, f"target must be a floating-point tensor, got {target.dtype}")
+    _check_no_grad(fn, "target", target)
+    return target
+
+
+def _needs(input, weight, bias, reduction):
+    """Which gradients forward makes: none for reduction 'none', whose backward streams again."""
+    on = torch.is_grad_enabled() and reduction != NONE
+    return (on and input.requires_grad, on and weight.requires_grad,
+            on and bias is not None and bias.requires_grad)
+
+
+def linear_binary_cross_entropy_with_logits(input, weight, target, bias=None, pos_weight=None,
+                                            reduction="mean", chunk_size=None):
+    """binary_cross_entropy_with_logits(F.linear(input, weight, bias), target, pos_weight=...,
+    reduction=...) without the N x C logits (module docstring). input (N, D), weight (C, D),
+    bias (C,) or None, target (N, C) floating or a SparseTargets, pos_weight broadcastable to
+    (N, C). float16/bfloat16 input and weight compute in float32. chunk_size: classes per chunk,
+    None for ``default_chunk_size``; the result does not depend on it beyond rounding. No gradient
+    w.r.t. target or pos_weight."""
+    fn = _FN_NAMES[BCE]
+    red = _reduction_code(reduction)
+    chunk = _check_args(fn, input, weight, bias, chunk_size)
+    if _is_sparse(target):
+        dense, (indices, offsets, values) = None, _sparse_parts(fn, target, input, weight)
+    else:
+        dense, indices, offsets, values = _dense_target(fn, target, input, weight, False), \
+            None, None, None
+    if pos_weight is not None:
+        if not isinstance(pos_weight, torch.Tensor):
+            _fail(fn, f"pos_weight must be a Tensor or None, got {type(pos_weight).__name__}")
+        if pos_weight.device != input.device:
+            _fail(fn, f"pos_weight is on {pos_weight.device} but input is on {input.device}")
+        shape = (input.size(0), weight.size(0))
+        ok = pos_weight.dim() <= 2 and all(a == 1 or a == b for a, b in
+                                           zip(reversed(pos_weight.shape), reversed(shape)))
+        if not ok:
+            _fail(fn, f"pos_weight of shape {tuple(pos_weight.shape)} is not broadcastable to "
+                      f"(N, C) = {shape}")
+        _check_no_grad(fn, "pos_weight", pos_weight)
+    return torch.ops.multilabel_cuda.linear_bce(input, weight, bias, dense, indices, offsets,
+                                                values, pos_weight, red, chunk,
+                                                *_needs(input, weight, bias, red))[0]
+
+
+def linear_multilabel_soft_margin_loss(input, weight, target, bias=None, reduction="mean",
+                                       chunk_size=None):
+    """multilabel_soft_margin_loss(F.linear(input, weight, bias), target, reduction=...) without
+    the N x C logits; arguments as linear_binary_cross_entropy_with_logits (target (N, C) floating
+    or integer 0/1, or a SparseTargets)."""
+    fn = _FN_NAMES[SOFT_MARGIN]
+    red = _reduction_code(reduction)
+    chunk = _check_args(fn, input, weight, bias, chunk_size)
+    if _is_sparse(target):
+        dense, (indices, offsets, values) = None, _sparse_parts(fn, target, input, weight)
+    else:
+        dense, indices, offsets, values = _dense_target(fn, target, input, weight, True), \
+            None, None, None
+    return torch.ops.multilabel_cuda.linear_soft_margin(input, weight, bias, dense, indices,
+                                                        offsets, values, red, chunk,
+                                                        *_needs(input, weight, bias, red))[0]
+
+
+def linear_multilabel_margin_loss(input, weight, target, bias=None, reduction="mean",
+                                  chunk_size=None):
+    """multilabel_margin_loss(F.linear(input, weight, bias), target, reduction=...) without the
+    N x C logits. target: (N, K) integer class indices with K <= C, a row's positives being those
+    before its first -1 (K = C is torch.nn's format), or a SparseTargets (values are ignored). The
+    hinge terms are computed per chunk and target slot: O(N * C * K) work, for small K."""
+    fn = _FN_NAMES[MARGIN]
+    red = _reduction_code(reduction)
+    chunk = _check_args(fn, input, weight, bias, chunk_size)
+    if _is_sparse(target):
+        _sparse_parts(fn, target, input, weight)
+        target = target.to_padded()
+    else:
+        if not isinstance(target, torch.Tensor):
+            _fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
+        if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+            _fail(fn, f"target must be an integer tensor of class indices, got {target.dtype}")
+        if target.device != input.device:
+            _fail(fn, f"target is on {target.device} but input is on {input.device}")
+        if not (target.dim() == 2 and target.size(0) == input.size(0)
+                and target.size(1) <= weight.size(0)):
+            _fail(fn, f"target of shape {tuple(target.shape)} does not fit (N, K) with N = "
+                      f"{input.size(0)} and K <= C = {weight.size(0)}")
+    return torch.ops.multilabel_cuda.linear_margin(input, weight, bias, target, red, chunk,
+                                                   *_needs(input, weight, bias, red))[0]
+
+
+# ---- modules ------------------------------------------------------------------------------------
+
+class _LinearLoss(torch.nn.Module):
+    def __init__(self, reduction="mean", chunk_size=None):
+        super().__init__()
+        _reduction_code(reduction)
+        self.reduction, self.chunk_size = reduction, chunk_size
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}, chunk_size={self.chunk_size}"
+
+
+class LinearBCEWithLogitsLoss(_LinearLoss):
+    """BCEWithLogitsLoss of ``F.linear(input, weight, bias)``, called as
+    ``loss_fn(input, weight, target, bias=None)`` with an existing nn.Linear's parameters."""
+
+    def __init__(self, pos_weight=None, reduction="mean", chunk_size=None):
+        super().__init__(reduction, chunk_size)
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, input, weight, target, bias=None):
+        return linear_binary_cross_entropy_with_logits(input, weight, target, bias,
+                                                       self.pos_weight, self.reduction,
+                                                       self.chunk_size)
+
+
+class LinearMultiLabelSoftMarginLoss(_LinearLoss):
+    """MultiLabelSoftMarginLoss of ``F.linear(input, weight, bias)``, called as
+    ``loss_fn(input, weight, target, bias=None)``."""
+
+    def forward(self, input, weight, target, bias=None):
+        return linear_multilabel_soft_margin_loss(input, weight, target, bias, self.reduction,
+                                                  self.chunk_size)
+
+
+class LinearMultiLabelMarginLoss(_LinearLoss):
+    """MultiLabelMarginLoss of ``F.linear(input, weight, bias)``, called as
+    ``loss_fn(input, weight, target, bias=None)``."""
+
+    def forward(self, input, weight, target, bias=None):
+        return linear_multilabel_margin_loss(input, weight, target, bias, self.reduction,
+                                             self.chunk_size)
