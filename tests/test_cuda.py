@@ -103,7 +103,7 @@ def test_backward_scales_in_place_and_skips_an_upstream_of_one(dtype):
     backward recomputes the buffer it gave away."""
     x = torch.randn(64, 300, device="cuda").to(dtype)
     y = torch.rand(64, 300, device="cuda").to(dtype)
-    xr = x.double().requires_grad_()
+    xr = x.to(torch.float64, copy=True).requires_grad_()  # a copy: x stays a plain tensor for xg
     (want,) = torch.autograd.grad(F.binary_cross_entropy_with_logits(xr, y.double()), xr)
     xg = x.clone().requires_grad_()
     loss, grad = ops.bce_with_logits(xg, y, None, None, RED_CODE["mean"], True)
