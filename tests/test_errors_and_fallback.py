@@ -1,5 +1,6 @@
 """Bad input gets a clear error naming the argument (same words on every backend); the fallback."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -9,6 +10,7 @@ import torch
 
 import multilabel_cuda
 import multilabel_cuda.functional as MF
+from conftest import EXTENSION_LOADED
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BCE, SOFT = MF.binary_cross_entropy_with_logits, MF.multilabel_soft_margin_loss
@@ -24,8 +26,6 @@ def _cases():
         (BCE, (x.long(), y), {}, r"input must be a floating-point tensor, got torch.int64"),
         (BCE, (x, y.long()), {}, r"target must be a floating-point tensor"),
         (BCE, (x, y), {"reduction": "avg"}, r"avg is not a valid value for reduction"),
-        (BCE, (x, y.to("meta")), {}, r"target is on meta but input is on cpu"),
-        (BCE, (x, y), {"weight": torch.rand(5, device="meta")}, r"weight is on meta"),
         (BCE, (x, [1.0] * 5), {}, r"target must be a Tensor"),
         (BCE, (x.to_sparse(), y), {}, r"input must be a dense \(strided\) tensor, got layout torch.sparse_coo"),
         (SOFT, (x, y.to_sparse()), {}, r"target must be a dense \(strided\) tensor"),
@@ -69,10 +69,81 @@ def test_direct_op_calls_are_checked_in_cpp():
         op.bce_with_logits(x.long(), torch.rand(3, 4).long(), None, None, 1, False)
 
 
+# --- Device mismatch: every tensor argument of every op, on another device than the input, through
+# the public function and through the op itself. Meta stands in for a second device without a GPU.
+# (function, op, the op's tensor arguments in order, the op's other arguments)
+SIGNATURES = {
+    "bce": (BCE, "bce_with_logits", ("input", "target", "weight", "pos_weight"), (1, True)),
+    "soft_margin": (SOFT, "multilabel_soft_margin", ("input", "target", "weight"), (1, True)),
+    "margin": (MF.multilabel_margin_loss, "multilabel_margin", ("input", "target"), (1, True)),
+}
+DEVICE_PAIRS = [pytest.param("cpu", "meta", id="cpu-meta"), pytest.param("meta", "cpu", id="meta-cpu"),
+                pytest.param("cpu", "cuda", id="cpu-cuda", marks=pytest.mark.cuda),
+                pytest.param("cuda", "cpu", id="cuda-cpu", marks=pytest.mark.cuda)]
+MISMATCHES = [(loss, arg) for loss, (_, _, args, _) in SIGNATURES.items() for arg in args[1:]]
+
+
+def _arguments(loss, arg, input_device, other_device):
+    """The op's tensor arguments (full-shape operands) with `arg` on other_device, the rest on
+    input_device."""
+    _, _, names, _ = SIGNATURES[loss]
+    values = {"input": torch.randn(4, 5),
+              "target": (torch.tensor([[0, 2, -1, 0, 0]] * 4) if loss == "margin" else torch.rand(4, 5)),
+              "weight": torch.rand(4, 5), "pos_weight": torch.rand(4, 5)}
+    return [values[n].to(other_device if n == arg else input_device) for n in names]
+
+
+def _assert_names_argument(info, arg):
+    assert isinstance(info.value, RuntimeError)
+    assert re.search(rf"\b{arg}\b", str(info.value)), str(info.value)
+
+
+@pytest.mark.parametrize("input_device,other_device", DEVICE_PAIRS)
+@pytest.mark.parametrize("loss,arg", MISMATCHES)
+def test_device_mismatch_public_function(loss, arg, input_device, other_device):
+    fn, _, names, _ = SIGNATURES[loss]
+    tensors = _arguments(loss, arg, input_device, other_device)
+    kwargs = dict(zip(names[2:], tensors[2:]))
+    with pytest.raises(multilabel_cuda.LossArgumentError) as info:
+        fn(*tensors[:2], **kwargs)
+    _assert_names_argument(info, arg)
+
+
+def _direct_op_marks(input_device, other_device):
+    """Direct op calls mixing CPU and meta tensors are not checked in this build (a CPU input with a
+    meta operand reads memory the meta tensor does not have); the C++ device checks being added
+    will fix it."""
+    if EXTENSION_LOADED and "meta" in (input_device, other_device):
+        return [pytest.mark.xfail(reason="direct op calls do not check devices yet", strict=False)]
+    return []
+
+
+@pytest.mark.skipif(not EXTENSION_LOADED, reason="extension not built")
+@pytest.mark.parametrize("input_device,other_device", [
+    pytest.param(*p.values, id=p.id, marks=list(p.marks) + _direct_op_marks(*p.values))
+    for p in DEVICE_PAIRS])
+@pytest.mark.parametrize("loss,arg", MISMATCHES)
+def test_device_mismatch_direct_op_call(loss, arg, input_device, other_device):
+    _, op, _, rest = SIGNATURES[loss]
+    tensors = _arguments(loss, arg, input_device, other_device)
+    with pytest.raises(RuntimeError) as info:
+        getattr(torch.ops.multilabel_cuda, op)(*tensors, *rest)
+    _assert_names_argument(info, arg)
+
+
+def test_cpu_scalars_mix_with_any_device():
+    """As in ATen, a 0-dim CPU tensor is not a device mismatch (it is a scalar)."""
+    x, y = torch.randn(4, 5, device="meta"), torch.rand(4, 5, device="meta")
+    w = torch.tensor(0.5)
+    assert BCE(x, y, w, pos_weight=w).device.type == "meta"
+    assert SOFT(x, torch.tensor(1.0), w).device.type == "meta"
+
+
 def _run(code, **env):
     full_env = {**os.environ, "PYTHONPATH": ROOT, **env}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
+
 
 
 def test_env_var_selects_reference_backend():

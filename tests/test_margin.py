@@ -1,21 +1,25 @@
-"""multilabel_margin_loss: parity with torch.nn.functional (the oracle) for loss and gradient, both
-per-row algorithms, every dtype and reduction, adversarial scores, compact targets, autograd,
-opcheck, torch.compile, errors, and the reference backend."""
+"""multilabel_margin_loss: parity with torch.nn.functional (the oracle) for loss and gradient on
+every device, both per-row CPU algorithms, every dtype and reduction, adversarial scores, compact
+targets, autograd, opcheck, torch.compile, errors, and the reference backend."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad as fwAD
 
 import multilabel_cuda as mc
-from multilabel_cuda import _ops
+from conftest import DTYPES, EXTENSION_LOADED, RED_CODE, REDUCTIONS, tol
 
-op = torch.ops.multilabel_cuda.multilabel_margin if _ops.AVAILABLE else None
-needs_ext = pytest.mark.skipif(not _ops.AVAILABLE, reason="compiled extension not available")
+op = torch.ops.multilabel_cuda.multilabel_margin if EXTENSION_LOADED else None
+needs_ext = pytest.mark.skipif(not EXTENSION_LOADED, reason="compiled extension not available")
 
-REDUCTIONS = ["none", "mean", "sum"]
-RED_CODE = {"none": 0, "mean": 1, "sum": 2}
-ALGOS = {"auto": 0, "direct": 1, "counting": 2}
+ALGOS = {"auto": 0, "direct": 1, "counting": 2}  # the CPU kernel's per-row algorithms
 CASES = ["random", "ties", "all_positive", "duplicates", "huge", "nonfinite", "no_targets"]
+
+
+def cpu_algo_only(device, algo):
+    """The op's algo argument chooses between the CPU kernel's two algorithms; CUDA has one."""
+    if algo != "auto" and device != "cpu":
+        pytest.skip("algo selects a CPU algorithm")
 
 
 def make_target(n, c, gen, positives=None, dup=False):
@@ -30,7 +34,7 @@ def make_target(n, c, gen, positives=None, dup=False):
     return y
 
 
-def make_case(case, n, c, dtype=torch.float64, seed=0):
+def make_case(case, n, c, dtype=torch.float64, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed + 1000 * c + n)
     x = torch.randn(n, c, generator=gen, dtype=torch.float64)
     y = make_target(n, c, gen)
@@ -51,7 +55,7 @@ def make_case(case, n, c, dtype=torch.float64, seed=0):
         y[:, 0] = 0
     elif case == "no_targets":
         y[:, 0] = -1
-    return x.to(dtype), y
+    return x.to(device, dtype), y.to(device)
 
 
 def oracle(x, y, reduction):
@@ -75,50 +79,46 @@ def oracle(x, y, reduction):
     return loss.detach(), grad
 
 
-def ours(x, y, reduction, algo="auto"):
-    xi = x.detach().clone().requires_grad_()
-    if algo == "auto":
-        loss = mc.functional.multilabel_margin_loss(xi, y, reduction=reduction)
-    else:
-        loss = op(xi, y.long(), RED_CODE[reduction], True, ALGOS[algo])[0]
-    (grad,) = torch.autograd.grad(loss.sum(), xi) if xi.numel() else (torch.zeros_like(xi),)
-    return loss.detach(), grad
-
-
-# Native accumulates the gradient by repeated "+= 1/C" in the scalar type; ours is count * scale
-# (more exact), so gradients with hundreds of active hinges differ by ~count * eps from native.
-def tol(dtype):
-    return {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=1e-6),
-            torch.float16: dict(rtol=2e-3, atol=1e-3), torch.bfloat16: dict(rtol=1e-2, atol=1e-2)}[dtype]
-
-
-def check(x, y, reduction, algo="auto"):
-    lo, go = oracle(x, y, reduction)
-    lm, gm = ours(x, y, reduction, algo)
-    assert lm.shape == lo.shape and lm.dtype == x.dtype and gm.shape == x.shape
-    t = tol(x.dtype)
-    torch.testing.assert_close(lm.double(), lo.double(), equal_nan=True, **t)
-    torch.testing.assert_close(gm.double(), go.double(), equal_nan=True, **t)
+@pytest.fixture
+def check(expect_impl):
+    """check(x, y, reduction, algo): ours (through the public function for 'auto', asserting which
+    implementation ran, else the op with that CPU algorithm) against the oracle."""
+    def run(x, y, reduction, algo="auto"):
+        lo, go = oracle(x, y, reduction)
+        xi = x.detach().clone().requires_grad_()
+        if algo == "auto":
+            with expect_impl("margin", x.device):
+                lm = mc.functional.multilabel_margin_loss(xi, y, reduction=reduction)
+        else:
+            lm = op(xi, y.long(), RED_CODE[reduction], True, ALGOS[algo])[0]
+        (gm,) = torch.autograd.grad(lm.sum(), xi) if xi.numel() else (torch.zeros_like(xi),)
+        assert lm.shape == lo.shape and lm.dtype == x.dtype and gm.shape == x.shape
+        t = tol(x.dtype)
+        torch.testing.assert_close(lm.double(), lo.double(), equal_nan=True, **t)
+        torch.testing.assert_close(gm.double(), go.double(), equal_nan=True, **t)
+    return run
 
 
 @needs_ext
 @pytest.mark.parametrize("algo", list(ALGOS))
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("c", [1, 31, 33, 1000])
+@pytest.mark.parametrize("c", [1, 31, 33, 1000, 3000])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # fp32: the AVX2 counting path
-def test_parity_cases(dtype, case, c, reduction, algo):
-    n = 2 if c == 1000 else 5
-    x, y = make_case(case, n, c, dtype=dtype)
+def test_parity_cases(check, device, dtype, case, c, reduction, algo):
+    cpu_algo_only(device, algo)
+    n = 2 if c >= 1000 else 5
+    x, y = make_case(case, n, c, dtype=dtype, device=device)
     check(x, y, reduction, algo)
 
 
 @needs_ext
 @pytest.mark.parametrize("algo", list(ALGOS))
 @pytest.mark.parametrize("case", ["random", "ties", "nonfinite"])
-def test_parity_float32_exact_counts(case, algo):
+def test_parity_float32_exact_counts(check, device, case, algo):
     # Integer-valued fp32 scores: thresholds exactly on the scores; gradient counts must be exact.
-    x, y = make_case(case, 6, 40, dtype=torch.float32)
+    cpu_algo_only(device, algo)
+    x, y = make_case(case, 6, 40, dtype=torch.float32, device=device)
     check(x, y, "sum", algo)
     check(x, y, "mean", algo)
 
@@ -126,7 +126,7 @@ def test_parity_float32_exact_counts(case, algo):
 @needs_ext
 @pytest.mark.parametrize("positives", [1, 8, 24, 25, 48, 49, 300])  # around both switch points
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_auto_switch_point(positives, dtype):
+def test_auto_switch_point(check, positives, dtype):
     gen = torch.Generator().manual_seed(positives)
     x = torch.randn(3, 512, generator=gen, dtype=dtype)
     y = make_target(3, 512, gen, positives=positives)
@@ -136,35 +136,37 @@ def test_auto_switch_point(positives, dtype):
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_dtypes(dtype, algo):
-    if algo != "auto" and not _ops.AVAILABLE:
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dtypes(check, device, dtype, algo):
+    cpu_algo_only(device, algo)
+    if algo != "auto" and not EXTENSION_LOADED:
         pytest.skip("extension not available")
-    x, y = make_case("random", 4, 37, dtype=dtype)
+    x, y = make_case("random", 4, 37, dtype=dtype, device=device)
     for reduction in REDUCTIONS:
         check(x, y, reduction, algo)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_shapes_1d_and_0d(reduction):
-    x, y = make_case("random", 1, 17)
+def test_shapes_1d_and_0d(check, device, reduction):
+    x, y = make_case("random", 1, 17, device=device)
     check(x[0], y[0], reduction)  # (C,): a 0-dim loss even for 'none'
-    x0 = torch.tensor(0.3, dtype=torch.float64)
-    for t in (torch.tensor(0), torch.tensor([0]), torch.tensor(-1), torch.tensor([-1])):
-        lm, gm = ours(x0, t, reduction)
+    x0 = torch.tensor(0.3, dtype=torch.float64, device=device, requires_grad=True)
+    for t in (0, [0], -1, [-1]):
+        lm = mc.functional.multilabel_margin_loss(x0, torch.tensor(t, device=device), reduction=reduction)
+        (gm,) = torch.autograd.grad(lm, x0)
         assert lm.shape == () and gm.shape == () and lm.item() == 0 and gm.item() == 0
-    assert F.multilabel_margin_loss(x0, torch.tensor([0]), reduction=reduction).item() == 0
+    assert F.multilabel_margin_loss(x0, torch.tensor([0], device=device), reduction=reduction).item() == 0
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_batch_of_one(reduction):
+def test_batch_of_one(check, reduction):
     x, y = make_case("random", 1, 50)
     check(x, y, reduction)
 
 
-def test_empty_batch():
-    x = torch.empty(0, 5, dtype=torch.float64, requires_grad=True)
-    y = torch.empty(0, 5, dtype=torch.int64)
+def test_empty_batch(device):
+    x = torch.empty(0, 5, dtype=torch.float64, device=device, requires_grad=True)
+    y = torch.empty(0, 5, dtype=torch.int64, device=device)
     assert mc.functional.multilabel_margin_loss(x, y, reduction="sum").item() == 0
     assert torch.isnan(mc.functional.multilabel_margin_loss(x, y, reduction="mean"))
     loss = mc.functional.multilabel_margin_loss(x, y, reduction="none")
@@ -175,8 +177,8 @@ def test_empty_batch():
     assert mc.functional.multilabel_margin_loss(x, y[:, :2], reduction="sum").item() == 0
 
 
-def test_non_contiguous():
-    x, y = make_case("random", 12, 20)
+def test_non_contiguous(check, device):
+    x, y = make_case("random", 12, 20, device=device)
     xt = x.t().contiguous().t()  # column-major storage
     yt = y.t().contiguous().t()
     assert not xt.is_contiguous() and not yt.is_contiguous()
@@ -187,10 +189,11 @@ def test_non_contiguous():
 
 @pytest.mark.parametrize("algo", list(ALGOS))
 @pytest.mark.parametrize("k", [0, 1, 3, 10])
-def test_compact_target(k, algo):
-    if algo != "auto" and not _ops.AVAILABLE:
+def test_compact_target(check, device, k, algo):
+    cpu_algo_only(device, algo)
+    if algo != "auto" and not EXTENSION_LOADED:
         pytest.skip("extension not available")
-    x, y = make_case("random", 6, 10)
+    x, y = make_case("random", 6, 10, device=device)
     yc = y[:, :k].clone()
     if k:
         yc[0, -1] = -1
@@ -202,7 +205,7 @@ def test_compact_target(k, algo):
 
 
 @pytest.mark.parametrize("tdtype", [torch.int32, torch.int16, torch.int8, torch.uint8])
-def test_integer_target_dtypes(tdtype):
+def test_integer_target_dtypes(check, tdtype):
     x, y = make_case("random", 3, 9)
     y = y.clamp(min=0)
     y[:, 4] = -1 if tdtype != torch.uint8 else 0
@@ -228,8 +231,9 @@ def _smooth_case():
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_gradcheck_and_gradgradcheck(reduction):
-    x, y = _smooth_case()
+def test_gradcheck_and_gradgradcheck(device, reduction):
+    x, y = (t.to(device) for t in _smooth_case())
+    x = x.detach().requires_grad_()
     f = lambda x: mc.functional.multilabel_margin_loss(x, y, reduction=reduction)  # noqa: E731
     assert torch.autograd.gradcheck(f, (x,))
     assert torch.autograd.gradgradcheck(f, (x,))
@@ -263,8 +267,8 @@ def test_forward_ad_uses_reference():
 
 @needs_ext
 @pytest.mark.parametrize("reduction", [0, 1, 2])
-def test_opcheck(reduction):
-    x, y = make_case("random", 4, 9)
+def test_opcheck(device, reduction):
+    x, y = make_case("random", 4, 9, device=device)
     samples = [
         (x.clone().requires_grad_(), y, reduction, True),
         (x.clone(), y, reduction, False),
@@ -293,25 +297,17 @@ def test_torch_compile_fullgraph(compile_backend):
     torch.testing.assert_close(g, 2 * go)
 
 
-@pytest.fixture(params=["extension", "reference"])
-def backend(request):
-    if request.param == "extension" and not _ops.AVAILABLE:
-        pytest.skip("extension not available")
-    mc.set_backend(request.param)
-    yield request.param
-    mc.set_backend("auto")
-
-
+@pytest.mark.parametrize("backend", ["reference"], indirect=True)
 @pytest.mark.parametrize("case", ["random", "ties", "duplicates", "nonfinite", "all_positive"])
-def test_reference_backend_parity(backend, case):
-    x, y = make_case(case, 4, 23)
+def test_reference_backend_parity(check, device, backend, case):
+    x, y = make_case(case, 4, 23, device=device)
     for reduction in REDUCTIONS:
         check(x, y, reduction)
     check(x.float(), y, "mean")
     check(x.half(), y[:, :5], "sum")
 
 
-def test_target_zero_then_padding(backend):
+def test_target_zero_then_padding(check, backend):
     # Regression (reference): is_target built with scatter_ let the placeholder 0s of the slots
     # after the -1 overwrite a real target 0, so class 0 counted as a non-target.
     x = torch.tensor([[0.5, 0.2, 0.9, -0.3], [0.1, 0.4, 0.3, 0.2]], dtype=torch.float64)
@@ -324,9 +320,9 @@ RANGE_MSG = r"multilabel_margin_loss: target index {} out of range \[-1, 5\)"
 
 
 @pytest.mark.parametrize("bad,where", [(7, 0), (5, 1), (-2, 0), (9, 4)])  # (9, 4): after the -1
-def test_error_target_out_of_range(backend, bad, where):
-    x = torch.randn(2, 5)
-    y = torch.tensor([[0, 1, -1, 2, 3], [4, -1, 0, 0, 0]])
+def test_error_target_out_of_range(device, backend, bad, where):
+    x = torch.randn(2, 5, device=device)
+    y = torch.tensor([[0, 1, -1, 2, 3], [4, -1, 0, 0, 0]], device=device)
     y[1, where] = bad
     with pytest.raises(RuntimeError, match=RANGE_MSG.format(bad)):
         mc.functional.multilabel_margin_loss(x, y)

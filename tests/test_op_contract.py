@@ -5,25 +5,24 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import multilabel_cuda
 import multilabel_cuda.functional as MF
+from conftest import REDUCTIONS, EXTENSION_LOADED
 
-pytestmark = pytest.mark.skipif(multilabel_cuda.backend() != "extension",
-                                reason="compiled extension not built")
-
-REDUCTIONS = ["none", "mean", "sum"]
+pytestmark = pytest.mark.skipif(not EXTENSION_LOADED, reason="compiled extension not built")
 
 
-def _bce_args(shape=(4, 6), requires_target_grad=False):
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    y = torch.rand(shape, dtype=torch.float64, requires_grad=requires_target_grad)
-    w = torch.rand(shape[-1], dtype=torch.float64) + 0.5
-    pw = torch.rand(shape[-1], dtype=torch.float64) + 0.5
+def _bce_args(shape=(4, 6), requires_target_grad=False, device="cpu"):
+    f64 = dict(dtype=torch.float64, device=device)
+    x = torch.randn(shape, **f64, requires_grad=True)
+    y = torch.rand(shape, **f64, requires_grad=requires_target_grad)
+    w = torch.rand(shape[-1], **f64) + 0.5
+    pw = torch.rand(shape[-1], **f64) + 0.5
     return x, y, w, pw
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("target_grad", [False, True])
-def test_gradcheck_bce(reduction, target_grad):
-    x, y, w, pw = _bce_args(requires_target_grad=target_grad)
+def test_gradcheck_bce(device, reduction, target_grad):
+    x, y, w, pw = _bce_args(requires_target_grad=target_grad, device=device)
     fn = lambda x, y: MF.binary_cross_entropy_with_logits(x, y, w, reduction=reduction, pos_weight=pw)
     assert gradcheck(fn, (x, y))
     assert gradgradcheck(fn, (x, y))
@@ -31,8 +30,8 @@ def test_gradcheck_bce(reduction, target_grad):
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 3, 4)], ids=str)
-def test_gradcheck_soft_margin(reduction, shape):
-    x, y, w, _ = _bce_args(shape, requires_target_grad=True)
+def test_gradcheck_soft_margin(device, reduction, shape):
+    x, y, w, _ = _bce_args(shape, requires_target_grad=True, device=device)
     fn = lambda x, y: MF.multilabel_soft_margin_loss(x, y, w, reduction=reduction)
     assert gradcheck(fn, (x, y))
     assert gradgradcheck(fn, (x, y))
@@ -48,20 +47,22 @@ def test_forward_ad(reduction):
                      check_forward_ad=True)
 
 
-def _opcheck_samples():
-    f32 = dict(dtype=torch.float32)
+def _opcheck_samples(device):
+    f32 = dict(dtype=torch.float32, device=device)
     samples = []
     for red in (0, 1, 2):
         for grad in (False, True):
             x = torch.randn(5, 7, **f32, requires_grad=grad)
-            samples.append(("bce_with_logits", (x, torch.rand(5, 7), None, None, red, grad)))
-            samples.append(("bce_with_logits", (x, torch.rand(5, 7), torch.rand(7),
-                                                torch.rand(5, 1), red, grad)))
-            samples.append(("multilabel_soft_margin", (x, torch.rand(5, 7), torch.rand(7), red, grad)))
-    xt = torch.randn(7, 5, requires_grad=True).t()  # transposed input: fake strides must match
-    samples.append(("bce_with_logits", (xt, torch.rand(5, 7), None, None, 0, True)))
-    samples.append(("multilabel_soft_margin", (torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True),
-                                               torch.rand(3, 2, 4, dtype=torch.float64), None, 0, True)))
+            samples.append(("bce_with_logits", (x, torch.rand(5, 7, **f32), None, None, red, grad)))
+            samples.append(("bce_with_logits", (x, torch.rand(5, 7, **f32), torch.rand(7, **f32),
+                                                torch.rand(5, 1, **f32), red, grad)))
+            samples.append(("multilabel_soft_margin", (x, torch.rand(5, 7, **f32),
+                                                       torch.rand(7, **f32), red, grad)))
+    xt = torch.randn(7, 5, **f32, requires_grad=True).t()  # transposed input: fake strides must match
+    samples.append(("bce_with_logits", (xt, torch.rand(5, 7, **f32), None, None, 0, True)))
+    f64 = dict(dtype=torch.float64, device=device)
+    samples.append(("multilabel_soft_margin", (torch.randn(3, 2, 4, **f64, requires_grad=True),
+                                               torch.rand(3, 2, 4, **f64), None, 0, True)))
     return samples
 
 
@@ -77,10 +78,9 @@ def test_opcheck_scale_grad(upstream):
     torch.testing.assert_close(grad, want)
 
 
-@pytest.mark.parametrize("name,args", _opcheck_samples())
-def test_opcheck(name, args):
-    op = getattr(torch.ops.multilabel_cuda, name).default
-    torch.library.opcheck(op, args)
+def test_opcheck(device):
+    for name, args in _opcheck_samples(device):
+        torch.library.opcheck(getattr(torch.ops.multilabel_cuda, name).default, args)
 
 
 def test_fake_kernel_shapes_match_real():
@@ -97,23 +97,22 @@ def test_fake_kernel_shapes_match_real():
 
 @pytest.mark.parametrize("loss", ["bce", "soft_margin"])
 def test_torch_compile_fullgraph(loss):
+    """A compiled training step (one graph) gives native torch.nn's loss and parameter gradients."""
     torch._dynamo.reset()
     model = torch.nn.Linear(8, 6).double()
     pw = torch.rand(6, dtype=torch.float64) + 0.5
-    crit = (multilabel_cuda.BCEWithLogitsLoss(pos_weight=pw) if loss == "bce"
-            else multilabel_cuda.MultiLabelSoftMarginLoss(weight=pw))
-
-    def step(data, labels):
-        return crit(model(data), labels)
-
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    crit, native_crit = ((multilabel_cuda.BCEWithLogitsLoss(pos_weight=pw), torch.nn.BCEWithLogitsLoss(pos_weight=pw))
+                         if loss == "bce" else (multilabel_cuda.MultiLabelSoftMarginLoss(weight=pw),
+                                                torch.nn.MultiLabelSoftMarginLoss(weight=pw)))
+    compiled = torch.compile(lambda data, labels: crit(model(data), labels), fullgraph=True,
+                             backend="aot_eager")
     data, labels = torch.randn(10, 8, dtype=torch.float64), torch.rand(10, 6, dtype=torch.float64)
-    eager = step(data, labels)
-    eager_grads = torch.autograd.grad(eager, list(model.parameters()))
+    native = native_crit(model(data), labels)
+    native_grads = torch.autograd.grad(native, list(model.parameters()))
     out = compiled(data, labels)
     grads = torch.autograd.grad(out, list(model.parameters()))
-    torch.testing.assert_close(out, eager)
-    for a, b in zip(grads, eager_grads):
+    torch.testing.assert_close(out, native)
+    for a, b in zip(grads, native_grads):
         torch.testing.assert_close(a, b)
 
 
