@@ -28,15 +28,6 @@ def _cases(shapes, kinds):
             if all(len(s) >= KIND_MIN_DIM[kind] for kind in k)]
 
 
-def reference_half_is_inexact(request, backend, dtype, reduction):
-    """The reference still computes half types in the type itself (several roundings, issue 9 item
-    7): some elements of 'none' exceed a unit in the last place. The fix computes them in float32
-    and rounds once; remove this mark once it is merged."""
-    if backend == "reference" and dtype in HALF_DTYPES and reduction == "none":
-        request.applymarker(pytest.mark.xfail(reason="reference: half types not yet computed in "
-                                              "float32", strict=False))
-
-
 def _run(lib, loss, x, y, w, pw, reduction, wrt):
     """lib's loss and its gradients w.r.t. `wrt` for an upstream of ones (zeros when empty)."""
     if loss == "bce":
@@ -82,8 +73,7 @@ def compare(expect_impl, loss, device, dtype, x, y, w=None, pw=None, reduction="
     ("scalar", "row")]))
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_bce_parity(request, expect_impl, device, backend, dtype, reduction, shape, kinds):
-    reference_half_is_inexact(request, backend, dtype, reduction)
+def test_bce_parity(expect_impl, device, backend, dtype, reduction, shape, kinds):
     x = torch.randn(shape, dtype=torch.float64) * 3
     y = torch.rand(shape, dtype=torch.float64)  # soft labels
     w, pw = (_operand(k, shape) for k in kinds)
@@ -94,8 +84,7 @@ def test_bce_parity(request, expect_impl, device, backend, dtype, reduction, sha
     ("none",), ("class",), ("full",), ("row",), ("scalar",)]))
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_soft_margin_parity(request, expect_impl, device, backend, dtype, reduction, shape, kinds):
-    reference_half_is_inexact(request, backend, dtype, reduction)
+def test_soft_margin_parity(expect_impl, device, backend, dtype, reduction, shape, kinds):
     x = torch.randn(shape, dtype=torch.float64) * 3
     y = (torch.rand(shape) > 0.5).double()
     compare(expect_impl, "soft_margin", device, dtype, x, y, _operand(kinds[0], shape), None, reduction)

@@ -109,19 +109,8 @@ def test_device_mismatch_public_function(loss, arg, input_device, other_device):
     _assert_names_argument(info, arg)
 
 
-def _direct_op_marks(input_device, other_device):
-    """Direct op calls mixing CPU and meta tensors are not checked in this build (a CPU input with a
-    meta operand reads memory the meta tensor does not have); the C++ device checks being added
-    will fix it."""
-    if EXTENSION_LOADED and "meta" in (input_device, other_device):
-        return [pytest.mark.xfail(reason="direct op calls do not check devices yet", strict=False)]
-    return []
-
-
 @pytest.mark.skipif(not EXTENSION_LOADED, reason="extension not built")
-@pytest.mark.parametrize("input_device,other_device", [
-    pytest.param(*p.values, id=p.id, marks=list(p.marks) + _direct_op_marks(*p.values))
-    for p in DEVICE_PAIRS])
+@pytest.mark.parametrize("input_device,other_device", DEVICE_PAIRS)
 @pytest.mark.parametrize("loss,arg", MISMATCHES)
 def test_device_mismatch_direct_op_call(loss, arg, input_device, other_device):
     _, op, _, rest = SIGNATURES[loss]
