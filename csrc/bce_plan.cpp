@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "checks.h"
 #include "output_alloc.h"
 #include "reduction.h"
@@ -51,7 +53,7 @@ void flatten_rows(BcePlan& plan) {
 BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor& target,
                       const std::optional<at::Tensor>& weight,
                       const std::optional<at::Tensor>& pos_weight, int64_t reduction,
-                      bool compute_grad, bool row_mean) {
+                      bool compute_grad, bool row_mean, const BceVariant& variant) {
   check_kernel_input(op, input);
   check_reduction(op, reduction);
   TORCH_CHECK(!row_mean || input.dim() >= 1, op, ": input must have at least one dimension");
@@ -68,6 +70,7 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
   }
 
   BcePlan plan;
+  plan.variant = variant;
   plan.row_mean = row_mean;
   plan.reduction = reduction;
   plan.cols = input.dim() == 0 ? 1 : input.size(-1);
@@ -92,6 +95,33 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
   plan.grad = compute_grad ? empty_output({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
   plan.scales = loss_scales(reduction, plan.rows, plan.cols, row_mean);  // row_mean never flattens
   return plan;
+}
+
+BceVariant modulated_variant(double gamma_pos, double gamma_neg, double alpha_pos,
+                             double alpha_neg, double clip, double eps, double label_smoothing,
+                             bool detach_focal) {
+  constexpr const char* op = "modulated_bce";
+  TORCH_CHECK(gamma_pos >= 0 && gamma_neg >= 0 && std::isfinite(gamma_pos) &&
+                  std::isfinite(gamma_neg),
+              op, ": gamma_pos and gamma_neg must be finite and >= 0, got ", gamma_pos, " and ",
+              gamma_neg);
+  TORCH_CHECK(std::isfinite(alpha_pos) && std::isfinite(alpha_neg), op,
+              ": alpha_pos and alpha_neg must be finite, got ", alpha_pos, " and ", alpha_neg);
+  TORCH_CHECK(clip >= 0 && clip < 1, op, ": clip must be in [0, 1), got ", clip);
+  TORCH_CHECK(eps >= 0 && eps < 1, op, ": eps must be in [0, 1) (0: log-sigmoid form), got ", eps);
+  TORCH_CHECK(label_smoothing >= 0 && label_smoothing < 1, op,
+              ": label_smoothing must be in [0, 1), got ", label_smoothing);
+  BceVariant v;
+  v.kind = kBceModulated;
+  v.gamma_pos = gamma_pos;
+  v.gamma_neg = gamma_neg;
+  v.alpha_pos = alpha_pos;
+  v.alpha_neg = alpha_neg;
+  v.clip = clip;
+  v.eps = eps;
+  v.label_smoothing = label_smoothing;
+  v.detach_focal = detach_focal;
+  return v;
 }
 
 std::tuple<at::Tensor, at::Tensor> bce_outputs(const BcePlan& plan, const at::Tensor& input) {

@@ -7,8 +7,9 @@
 from . import functional
 from ._backend import backend, set_backend
 from .functional import LossArgumentError
-from .modules import BCEWithLogitsLoss, MultiLabelMarginLoss, MultiLabelSoftMarginLoss
+from .modules import (AsymmetricLoss, BCEWithLogitsLoss, MultiLabelMarginLoss,
+                      MultiLabelSoftMarginLoss, SigmoidFocalLoss)
 
 __all__ = ["functional", "backend", "set_backend", "LossArgumentError", "BCEWithLogitsLoss",
-           "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss"]
+           "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss", "SigmoidFocalLoss", "AsymmetricLoss"]
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ using opmath_t = at::opmath_type<T>;
 // narrow domains the math needs, about twice as fast as the general Sleef functions at <= 2 ulp.
 template <class T>
 struct VecOps {
+  using scalar_t = T;
   using V = Vectorized<T>;
   ML_FORCE_INLINE static V exp_nonpos(V v) { return v.exp(); }
   ML_FORCE_INLINE static V log1p_unit(V v) { return v.log1p(); }
@@ -27,15 +28,26 @@ struct VecOps {
   ML_FORCE_INLINE static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }  // max(lo, v): NaN stays
   ML_FORCE_INLINE static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
   ML_FORCE_INLINE static V fma(V a, V b, V c) { return at::vec::fmadd(a, b, c); }
+  // General functions for the modulated BCE members (csrc/math/bce_variants.h): Sleef (u10).
+  ML_FORCE_INLINE static V log(V v) { return v.log(); }
+  ML_FORCE_INLINE static V pow(V a, V b) { return a.pow(b); }
+  ML_FORCE_INLINE static V clamp_max(V v, V hi) { return at::vec::clamp_max(v, hi); }  // NaN stays
+  ML_FORCE_INLINE static V where_pos(V x, V a, V b) { return V::blendv(b, a, x > V(0)); }
 };
 
 template <>
 struct VecOps<float> {
+  using scalar_t = float;
   using V = Vectorized<float>;
   ML_FORCE_INLINE static V abs(V v) { return v.abs(); }
   ML_FORCE_INLINE static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }
   ML_FORCE_INLINE static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
   ML_FORCE_INLINE static V fma(V a, V b, V c) { return at::vec::fmadd(a, b, c); }
+  // General functions for the modulated BCE members (csrc/math/bce_variants.h): Sleef (u10).
+  ML_FORCE_INLINE static V log(V v) { return v.log(); }
+  ML_FORCE_INLINE static V pow(V a, V b) { return a.pow(b); }
+  ML_FORCE_INLINE static V clamp_max(V v, V hi) { return at::vec::clamp_max(v, hi); }  // NaN stays
+  ML_FORCE_INLINE static V where_pos(V x, V a, V b) { return V::blendv(b, a, x > V(0)); }
 
   // exp(x) for x <= 0 (NaN propagates): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and the
   // classic degree-6 minimax polynomial (Cephes expf). n <= 0, so 2^(n + 64) is a normal float and

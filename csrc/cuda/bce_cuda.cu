@@ -36,10 +36,11 @@ std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& input,
                                        const at::Tensor& target,
                                        const std::optional<at::Tensor>& weight,
                                        const std::optional<at::Tensor>& pos_weight,
-                                       int64_t reduction, bool compute_grad, bool row_mean) {
+                                       int64_t reduction, bool compute_grad, bool row_mean,
+                                       const BceVariant& variant = BceVariant()) {
   const c10::cuda::CUDAGuard guard(input.device());
   BcePlan plan = make_bce_plan(op, input, target, weight, pos_weight, reduction, compute_grad,
-                               row_mean);
+                               row_mean, variant);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bce_cuda",
                                   [&] { bce_cuda_impl<scalar_t>(plan); });
   return bce_outputs(plan, input);
@@ -59,10 +60,20 @@ std::tuple<at::Tensor, at::Tensor> multilabel_soft_margin_cuda(
              compute_grad, true);
 }
 
+std::tuple<at::Tensor, at::Tensor> modulated_bce_cuda(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    double gamma_pos, double gamma_neg, double alpha_pos, double alpha_neg, double clip, double eps,
+    double label_smoothing, bool detach_focal, int64_t reduction, bool compute_grad) {
+  return run("modulated_bce", input, target, weight, std::nullopt, reduction, compute_grad, false,
+             modulated_variant(gamma_pos, gamma_neg, alpha_pos, alpha_neg, clip, eps,
+                               label_smoothing, detach_focal));
+}
+
 }  // namespace
 }  // namespace mlc::cuda
 
 TORCH_LIBRARY_IMPL(multilabel_cuda, CUDA, m) {
   m.impl("bce_with_logits", &mlc::cuda::bce_with_logits_cuda);
   m.impl("multilabel_soft_margin", &mlc::cuda::multilabel_soft_margin_cuda);
+  m.impl("modulated_bce", &mlc::cuda::modulated_bce_cuda);
 }
