@@ -70,7 +70,7 @@ def fused_available(spec):
 _OP_OF_LOSS = {"binary_cross_entropy_with_logits": "bce_with_logits",
                "multilabel_soft_margin_loss": "multilabel_soft_margin",
                "multilabel_margin_loss": "multilabel_margin",
-               "sigmoid_focal_loss": "modulated_bce", "asymmetric_loss": "modulated_bce"}
+               "sigmoid_focal_loss": "bce_family", "asymmetric_loss": "bce_family"}
 
 
 def fused_runs_extension(spec, device):

@@ -182,33 +182,29 @@ struct BceFunction : torch::autograd::Function<Self> {
 struct BceWithLogitsBackward final : BceFunction<BceWithLogitsBackward, false> {};
 struct MultilabelSoftMarginBackward final : BceFunction<MultilabelSoftMarginBackward, true> {};
 
-// The modulated BCE member (focal / asymmetric): forward keeps the fused gradient, backward scales
-// it. Its differentiable backward (double backward, target gradients) is not written in C++:
-// multilabel_cuda.functional routes calls that need it to the reference formulas.
-struct ModulatedBceBackward final : torch::autograd::Function<ModulatedBceBackward> {
-  using Op = OpPair(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double,
-                    double, double, double, double, double, double, bool, int64_t, bool);
-  static constexpr const char* kArgs[] = {"gamma_pos", "gamma_neg", "alpha_pos", "alpha_neg",
-                                          "clip",      "eps",       "label_smoothing"};
+// bce_family, any member of the BCE family but plain BCE's own op (focal, asymmetric, ...): forward
+// keeps the fused gradient, backward scales it. Its differentiable backward (double backward,
+// target or weight gradients) is not written in C++: multilabel_cuda.functional routes calls that
+// need it to the reference formulas.
+struct BceFamilyBackward final : torch::autograd::Function<BceFamilyBackward> {
+  using Op = OpPair(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                    int64_t, at::ArrayRef<double>, int64_t, bool);
 
   static OpPair call_op(const at::Tensor& input, const at::Tensor& target,
-                        const std::optional<at::Tensor>& weight, const double (&a)[7],
-                        bool detach_focal, int64_t reduction, bool compute_grad) {
+                        const std::optional<at::Tensor>& weight, int64_t kind,
+                        at::ArrayRef<double> params, int64_t reduction, bool compute_grad) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto op = find_op<Op>("multilabel_cuda::modulated_bce");
-    return op.call(input, target, weight, a[0], a[1], a[2], a[3], a[4], a[5], a[6], detach_focal,
-                   reduction, compute_grad);
+    static auto op = find_op<Op>("multilabel_cuda::bce_family");
+    return op.call(input, target, weight, kind, params, reduction, compute_grad);
   }
 
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                               double gamma_pos, double gamma_neg, double alpha_pos,
-                               double alpha_neg, double clip, double eps, double label_smoothing,
-                               bool detach_focal, int64_t reduction, bool compute_grad) {
-    const double a[7] = {gamma_pos, gamma_neg, alpha_pos, alpha_neg, clip, eps, label_smoothing};
-    auto [loss, grad] = call_op(input, target, weight, a, detach_focal, reduction, compute_grad);
-    for (int k = 0; k < 7; ++k) ctx->saved_data[kArgs[k]] = a[k];
-    ctx->saved_data["detach_focal"] = detach_focal;
+                               int64_t kind, at::ArrayRef<double> params, int64_t reduction,
+                               bool compute_grad) {
+    auto [loss, grad] = call_op(input, target, weight, kind, params, reduction, compute_grad);
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["params"] = params.vec();
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["has_weight"] = weight.has_value() && weight->defined();
     ctx->save_for_backward({input, target, weight.value_or(at::Tensor())});
@@ -217,25 +213,23 @@ struct ModulatedBceBackward final : torch::autograd::Function<ModulatedBceBackwa
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    variable_list out(13);  // one slot per forward argument
+    variable_list out(7);  // one slot per forward argument
     const at::Tensor& grad_loss = grad_outputs[0];
     if (!grad_loss.defined()) return out;
     TORCH_CHECK(!ctx->needs_input_grad(1) &&
                     !(ctx->saved_data["has_weight"].toBool() && ctx->needs_input_grad(2)),
-                "multilabel_cuda: the fused focal/asymmetric op computes no gradient w.r.t. "
-                "target or weight; multilabel_cuda.functional routes such calls to the reference "
+                "multilabel_cuda: the fused BCE-family op computes no gradient w.r.t. target or "
+                "weight; multilabel_cuda.functional routes such calls to the reference "
                 "implementation");
     if (!ctx->needs_input_grad(0)) return out;
     TORCH_CHECK(!at::GradMode::is_enabled(),
-                "multilabel_cuda: the fused focal/asymmetric op has no double backward "
-                "(create_graph=True); multilabel_cuda.functional routes calls that need it to "
-                "the reference implementation");
+                "multilabel_cuda: the fused focal/asymmetric BCE op has no double backward "
+                "(create_graph=True); use multilabel_cuda.set_backend(\"reference\") for it");
     const auto saved = ctx->get_saved_variables();  // input, target, weight
     out[0] = scaled_grad(ctx, grad_loss, [&] {
-      double a[7];
-      for (int k = 0; k < 7; ++k) a[k] = ctx->saved_data[kArgs[k]].toDouble();
-      return std::get<1>(call_op(saved[0], saved[1], opt(saved[2]), a,
-                                 ctx->saved_data["detach_focal"].toBool(),
+      const std::vector<double> params = ctx->saved_data["params"].toDoubleVector();
+      return std::get<1>(call_op(saved[0], saved[1], opt(saved[2]),
+                                 ctx->saved_data["kind"].toInt(), params,
                                  ctx->saved_data["reduction"].toInt(), true));
     });
     return out;
@@ -298,14 +292,11 @@ OpPair multilabel_soft_margin_autograd(const at::Tensor& input, const at::Tensor
                                                      reduction, compute_grad));
 }
 
-OpPair modulated_bce_autograd(const at::Tensor& input, const at::Tensor& target,
-                              const std::optional<at::Tensor>& weight, double gamma_pos,
-                              double gamma_neg, double alpha_pos, double alpha_neg, double clip,
-                              double eps, double label_smoothing, bool detach_focal,
-                              int64_t reduction, bool compute_grad) {
-  return as_pair(ModulatedBceBackward::apply(input, target, weight, gamma_pos, gamma_neg,
-                                             alpha_pos, alpha_neg, clip, eps, label_smoothing,
-                                             detach_focal, reduction, compute_grad));
+OpPair bce_family_autograd(const at::Tensor& input, const at::Tensor& target,
+                           const std::optional<at::Tensor>& weight, int64_t kind,
+                           at::ArrayRef<double> params, int64_t reduction, bool compute_grad) {
+  return as_pair(BceFamilyBackward::apply(input, target, weight, kind, params, reduction,
+                                          compute_grad));
 }
 
 OpPair multilabel_margin_autograd(const at::Tensor& input, const at::Tensor& target,
@@ -320,5 +311,5 @@ TORCH_LIBRARY_IMPL(multilabel_cuda, Autograd, m) {
   m.impl("bce_with_logits", &multilabel_cuda::bce_with_logits_autograd);
   m.impl("multilabel_soft_margin", &multilabel_cuda::multilabel_soft_margin_autograd);
   m.impl("multilabel_margin", &multilabel_cuda::multilabel_margin_autograd);
-  m.impl("modulated_bce", &multilabel_cuda::modulated_bce_autograd);
+  m.impl("bce_family", &multilabel_cuda::bce_family_autograd);
 }

@@ -2,8 +2,6 @@
 
 #include <ATen/ATen.h>
 
-#include <cmath>
-
 #include "checks.h"
 #include "output_alloc.h"
 #include "reduction.h"
@@ -97,30 +95,17 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
   return plan;
 }
 
-BceVariant modulated_variant(double gamma_pos, double gamma_neg, double alpha_pos,
-                             double alpha_neg, double clip, double eps, double label_smoothing,
-                             bool detach_focal) {
-  constexpr const char* op = "modulated_bce";
-  TORCH_CHECK(gamma_pos >= 0 && gamma_neg >= 0 && std::isfinite(gamma_pos) &&
-                  std::isfinite(gamma_neg),
-              op, ": gamma_pos and gamma_neg must be finite and >= 0, got ", gamma_pos, " and ",
-              gamma_neg);
-  TORCH_CHECK(std::isfinite(alpha_pos) && std::isfinite(alpha_neg), op,
-              ": alpha_pos and alpha_neg must be finite, got ", alpha_pos, " and ", alpha_neg);
-  TORCH_CHECK(clip >= 0 && clip < 1, op, ": clip must be in [0, 1), got ", clip);
-  TORCH_CHECK(eps >= 0 && eps < 1, op, ": eps must be in [0, 1) (0: log-sigmoid form), got ", eps);
-  TORCH_CHECK(label_smoothing >= 0 && label_smoothing < 1, op,
-              ": label_smoothing must be in [0, 1), got ", label_smoothing);
+BceVariant bce_variant(int64_t kind, at::ArrayRef<double> params) {
+  bool known = false;
+#define MLC_KNOWN(K, E) known = known || kind == K;
+  MLC_BCE_FAMILY(MLC_KNOWN)
+#undef MLC_KNOWN
+  TORCH_CHECK(known, "bce_family: unknown kind ", kind);
+  TORCH_CHECK(params.size() <= static_cast<size_t>(kBceParams), "bce_family: at most ", kBceParams,
+              " params, got ", params.size());
   BceVariant v;
-  v.kind = kBceModulated;
-  v.gamma_pos = gamma_pos;
-  v.gamma_neg = gamma_neg;
-  v.alpha_pos = alpha_pos;
-  v.alpha_neg = alpha_neg;
-  v.clip = clip;
-  v.eps = eps;
-  v.label_smoothing = label_smoothing;
-  v.detach_focal = detach_focal;
+  v.kind = static_cast<int>(kind);
+  for (size_t k = 0; k < params.size(); ++k) v.param[k] = params[k];
   return v;
 }
 

@@ -29,11 +29,9 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
                       bool compute_grad, bool row_mean,
                       const BceVariant& variant = BceVariant());
 
-// The modulated member's parameters (schema modulated_bce, csrc/ops.cpp), checked: gammas >= 0,
-// alphas finite, clip in [0, 1), eps >= 0 (0: the log-sigmoid form), label_smoothing in [0, 1).
-BceVariant modulated_variant(double gamma_pos, double gamma_neg, double alpha_pos,
-                             double alpha_neg, double clip, double eps, double label_smoothing,
-                             bool detach_focal);
+// The BceVariant of op bce_family's (kind, params): a member of MLC_BCE_FAMILY and at most
+// kBceParams numbers (the rest 0). The values are the member's schema's to check.
+BceVariant bce_variant(int64_t kind, at::ArrayRef<double> params);
 
 // Output of the op: (loss, grad reshaped as the input, or an empty tensor).
 std::tuple<at::Tensor, at::Tensor> bce_outputs(const BcePlan& plan, const at::Tensor& input);

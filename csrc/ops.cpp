@@ -17,13 +17,10 @@ TORCH_LIBRARY(multilabel_cuda, m) {
         "int reduction, bool compute_grad) -> (Tensor, Tensor)");
   m.def("multilabel_soft_margin(Tensor input, Tensor target, Tensor? weight, int reduction, "
         "bool compute_grad) -> (Tensor, Tensor)");
-  // The modulated member of the BCE family (csrc/math/bce_variants.h): focal and asymmetric (ASL)
-  // losses with label smoothing; multilabel_cuda.functional.sigmoid_focal_loss / asymmetric_loss
-  // map their parameters onto it. eps 0: log-sigmoid form; > 0: the ASL reference's clamped logs.
-  m.def("modulated_bce(Tensor input, Tensor target, Tensor? weight, float gamma_pos, "
-        "float gamma_neg, float alpha_pos, float alpha_neg, float clip, float eps, "
-        "float label_smoothing, bool detach_focal, int reduction, bool compute_grad) "
-        "-> (Tensor, Tensor)");
+  // Any member of the BCE family (csrc/math/bce_variants.h) by kind, with its parameters in the
+  // member's order. Each member's public schema (csrc/bce_variants.cpp) checks and packs them.
+  m.def("bce_family(Tensor input, Tensor target, Tensor? weight, int kind, float[] params, "
+        "int reduction, bool compute_grad) -> (Tensor, Tensor)");
   // algo: 0 auto (the measured switch rule of csrc/cpu/margin_cpu.cpp), 1 direct O(P*C),
   // 2 counting O(C log P + P log P) (CPU only). The Python API passes 0.
   m.def("multilabel_margin(Tensor input, Tensor target, int reduction, bool compute_grad, "

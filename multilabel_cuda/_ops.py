@@ -50,10 +50,9 @@ if AVAILABLE:
         loss = input.new_empty(input.shape[:-1] if reduction == NONE else ())
         return loss, input.new_empty(input.shape if compute_grad else (0,))
 
-    @torch.library.register_fake("multilabel_cuda::modulated_bce")
-    def _(input, target, weight, gamma_pos, gamma_neg, alpha_pos, alpha_neg, clip, eps,
-          label_smoothing, detach_focal, reduction, compute_grad):
-        _check_devices("modulated_bce", input, target=target, weight=weight)
+    @torch.library.register_fake("multilabel_cuda::bce_family")
+    def _(input, target, weight, kind, params, reduction, compute_grad):
+        _check_devices("bce_family", input, target=target, weight=weight)
         loss = input.new_empty(input.shape if reduction == NONE else ())
         return loss, input.new_empty(input.shape if compute_grad else (0,))
 

@@ -192,7 +192,7 @@ def _modulated(input, target, weight, red, gamma_pos, gamma_neg, alpha_pos, alph
     args = (gamma_pos, gamma_neg, alpha_pos, alpha_neg, clip, eps, label_smoothing, detach_focal)
     # Double backward (create_graph) is not known here: the fused op refuses it with an error that
     # names the reference backend (multilabel_cuda.set_backend("reference")).
-    if not _backend.use_extension("modulated_bce", input.device) or \
+    if not _backend.use_extension("bce_family", input.device) or \
             _needs_reference(target, weight):
         return reference.modulated_bce(input, target, weight, red, *args)
     return torch.ops.multilabel_cuda.modulated_bce(input, target, weight, *args, red,

@@ -1,4 +1,4 @@
-"""Focal and asymmetric (ASL) BCE with label smoothing (the fused op modulated_bce): parity with the
+"""Focal and asymmetric (ASL) BCE with label smoothing (schema modulated_bce, op bce_family): parity with the
 published formulas written out plainly here (torchvision's sigmoid_focal_loss, Ridnik et al.'s
 AsymmetricLoss), and with torchvision itself when it imports."""
 import math
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(multilabel_cuda.backend() != "extension",
                                 reason="needs the compiled extension")
 
 REDUCTIONS = ["none", "mean", "sum"]
-NODE = "ModulatedBceBackward"
+NODE = "BceFamilyBackward"
 
 
 def _reduce(loss, reduction):
@@ -281,7 +281,12 @@ def _opcheck_samples():
 
 @pytest.mark.parametrize("args", _opcheck_samples())
 def test_opcheck(args):
+    """modulated_bce (the schema) maps onto bce_family (the op with kernels, autograd, fake)."""
     torch.library.opcheck(torch.ops.multilabel_cuda.modulated_bce.default, args)
+    x, y, w = args[:3]
+    params = [float(a) for a in args[3:11]]
+    torch.library.opcheck(torch.ops.multilabel_cuda.bce_family.default,
+                          (x, y, w, 1, params, args[11], args[12]))
 
 
 @pytest.mark.parametrize("which", ["focal", "asl"])
@@ -338,6 +343,10 @@ def test_direct_op_checks_parameters():
     with pytest.raises(RuntimeError, match="gamma_pos"):
         torch.ops.multilabel_cuda.modulated_bce(x, y, None, -1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0,
                                                 False, 1, False)
+    with pytest.raises(RuntimeError, match="unknown kind"):
+        torch.ops.multilabel_cuda.bce_family(x, y, None, 99, [], 1, False)
+    with pytest.raises(RuntimeError, match="at most"):
+        torch.ops.multilabel_cuda.bce_family(x, y, None, 1, [0.0] * 9, 1, False)
 
 
 @pytest.mark.parametrize("which", ["focal", "asl"])

@@ -60,13 +60,13 @@ std::tuple<at::Tensor, at::Tensor> multilabel_soft_margin_cuda(
              compute_grad, true);
 }
 
-std::tuple<at::Tensor, at::Tensor> modulated_bce_cuda(
-    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    double gamma_pos, double gamma_neg, double alpha_pos, double alpha_neg, double clip, double eps,
-    double label_smoothing, bool detach_focal, int64_t reduction, bool compute_grad) {
-  return run("modulated_bce", input, target, weight, std::nullopt, reduction, compute_grad, false,
-             modulated_variant(gamma_pos, gamma_neg, alpha_pos, alpha_neg, clip, eps,
-                               label_smoothing, detach_focal));
+// Any member of the BCE family (csrc/math/bce_variants.h) by kind; no pos_weight.
+std::tuple<at::Tensor, at::Tensor> bce_family_cuda(const at::Tensor& input, const at::Tensor& target,
+                                                const std::optional<at::Tensor>& weight,
+                                                int64_t kind, at::ArrayRef<double> params,
+                                                int64_t reduction, bool compute_grad) {
+  return run("bce_family", input, target, weight, std::nullopt, reduction, compute_grad, false,
+             bce_variant(kind, params));
 }
 
 }  // namespace
@@ -75,5 +75,5 @@ std::tuple<at::Tensor, at::Tensor> modulated_bce_cuda(
 TORCH_LIBRARY_IMPL(multilabel_cuda, CUDA, m) {
   m.impl("bce_with_logits", &mlc::cuda::bce_with_logits_cuda);
   m.impl("multilabel_soft_margin", &mlc::cuda::multilabel_soft_margin_cuda);
-  m.impl("modulated_bce", &mlc::cuda::modulated_bce_cuda);
+  m.impl("bce_family", &mlc::cuda::bce_family_cuda);
 }

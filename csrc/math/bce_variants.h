@@ -10,19 +10,15 @@
 
 namespace mlc {
 
-// Which member runs, and the parameters of the modulated one; carried in BceParams. POD, ATen-free.
+// Which member runs and its parameters, carried in BceParams (POD, ATen-free). The parameters are
+// numbers in an order each member defines (its constructor reads them); the member's schema
+// (csrc/bce_variants.cpp) packs them in that order.
 enum BceKind : int { kBcePlain = 0, kBceModulated = 1 };
+constexpr int kBceParams = 8;
 
 struct BceVariant {
   int kind = kBcePlain;
-  // Focusing exponents of positives / negatives: (1 - p_t)^(gamma_pos y + gamma_neg (1 - y)).
-  double gamma_pos = 0.0, gamma_neg = 0.0;
-  // Class weights alpha_t = alpha_pos y + alpha_neg (1 - y) (focal: alpha, 1 - alpha; else 1, 1).
-  double alpha_pos = 1.0, alpha_neg = 1.0;
-  double clip = 0.0;             // negatives' probability shift (ASL): min(1 - p + clip, 1)
-  double eps = 0.0;              // 0: log-sigmoid form; > 0: ASL reference's log(max(prob, eps))
-  double label_smoothing = 0.0;  // y -> y (1 - ls) + ls / 2
-  bool detach_focal = false;     // the focusing weight is a constant in the gradient
+  double param[kBceParams] = {};
 };
 
 namespace math {
@@ -49,16 +45,26 @@ struct BcePlain {
 // comes from e = exp(-|x|): p, q and log p = -(log1p(e) + max(-x, 0)) stay exact in relative terms
 // for any finite x, so |x| = 1e4 gives finite loss and gradient. (db/dx) / b is bounded (by 1, and
 // by p q / (p - clip) for shifted negatives), and 0 where b = 0, so the focusing term never makes
-// 0 * inf; b^gamma_t itself is pow (pow(b, 0) = 1, pow(0, gamma > 0) = 0).
+// 0 * inf; b^gamma_t is Ops::pow_unit (b^0 = 1, 0^gamma = 0 for gamma > 0).
 struct BceModulated {
   static constexpr bool kPosWeight = false;
+  // Parameter order: gamma_pos, gamma_neg (focusing exponents), alpha_pos, alpha_neg (alpha_t's
+  // weights; focal: alpha, 1 - alpha, else 1, 1), clip (negatives' shift, 0: none), eps (0: the
+  // log-sigmoid form; > 0: the ASL reference's logs of max(prob, eps)), label_smoothing (y ->
+  // y (1 - ls) + ls / 2), detach_focal (nonzero: the focusing weight is a constant in the gradient).
+  enum Param { kGammaPos, kGammaNeg, kAlphaPos, kAlphaNeg, kClip, kEps, kSmoothing, kDetach };
   double gamma_pos, gamma_neg, alpha_pos, alpha_neg, clip, eps, smooth;
   bool detach;
+  int int_gamma;  // gamma_pos == gamma_neg, a whole number <= 8 (focal's 2): b^gamma by multiplies; else -1
 
   ML_HD explicit BceModulated(const BceVariant& v)
-      : gamma_pos(v.gamma_pos), gamma_neg(v.gamma_neg), alpha_pos(v.alpha_pos),
-        alpha_neg(v.alpha_neg), clip(v.clip), eps(v.eps), smooth(v.label_smoothing),
-        detach(v.detach_focal) {}
+      : gamma_pos(v.param[kGammaPos]), gamma_neg(v.param[kGammaNeg]),
+        alpha_pos(v.param[kAlphaPos]), alpha_neg(v.param[kAlphaNeg]), clip(v.param[kClip]),
+        eps(v.param[kEps]), smooth(v.param[kSmoothing]), detach(v.param[kDetach] != 0.0),
+        int_gamma(gamma_pos == gamma_neg && gamma_pos <= 8 &&
+                          gamma_pos == static_cast<double>(static_cast<int>(gamma_pos))
+                      ? static_cast<int>(gamma_pos)
+                      : -1) {}
 
   template <class Ops, bool kWeight = true, bool kPosWeight = false, class V>
   ML_HD void apply(V x, V y, V w, V /*pos_weight: none*/, V& loss, V& grad) const {
@@ -81,16 +87,16 @@ struct BceModulated {
         dlneg = zero - p;
       } else {  // q + clip < 1 exactly when p > clip
         const V u = Ops::clamp_max(q + clip_v, one);
-        lneg = Ops::log(u);
+        lneg = Ops::log_unit(u);
         dlneg = Ops::where_pos(p - clip_v, zero - pq / u, zero);
       }
     } else {  // the reference's clamped logs and their (masked) gradients
       const V eps_v(static_cast<S>(eps));
-      lpos = Ops::log(Ops::clamp_min(p, eps_v));
+      lpos = Ops::log_unit(Ops::clamp_min(p, eps_v));
       dlpos = Ops::where_nonneg(p - eps_v, q, zero);
       const V u = clip == 0.0 ? q : Ops::clamp_max(q + clip_v, one);
       const V du = clip == 0.0 ? zero - pq : Ops::where_nonneg(p - clip_v, zero - pq, zero);
-      lneg = Ops::log(Ops::clamp_min(u, eps_v));
+      lneg = Ops::log_unit(Ops::clamp_min(u, eps_v));
       dlneg = Ops::where_nonneg(u - eps_v, du / Ops::clamp_min(u, eps_v), zero);
     }
     const V yn = one - y;
@@ -103,7 +109,12 @@ struct BceModulated {
     const V db = Ops::fma(yn, dabove, zero - y * pq);
     const V gamma_t = Ops::fma(V(static_cast<S>(gamma_pos - gamma_neg)), y,
                                V(static_cast<S>(gamma_neg)));
-    const V fw = Ops::pow(b, gamma_t);
+    V fw = one;
+    if (int_gamma >= 0) {
+      for (int k = 0; k < int_gamma; ++k) fw = fw * b;
+    } else {
+      fw = Ops::pow_unit(b, gamma_t);
+    }
     V scale = Ops::fma(V(static_cast<S>(alpha_pos - alpha_neg)), y, V(static_cast<S>(alpha_neg)));
     if constexpr (kWeight) scale = scale * w;
     scale = scale * fw;
@@ -120,7 +131,8 @@ struct BceModulated {
 }  // namespace math
 }  // namespace mlc
 
-// The BCE family, one line per member: X(kind, element functor). The kernels instantiate each.
+// The BCE family, one line per member: X(kind, element functor). The kernels instantiate each and
+// dispatch on BceVariant::kind; the op bce_family (csrc/ops.cpp) runs any of them.
 #define MLC_BCE_FAMILY(X)              \
   X(::mlc::kBcePlain, ::mlc::math::BcePlain) \
   X(::mlc::kBceModulated, ::mlc::math::BceModulated)

@@ -15,9 +15,9 @@ struct ScalarOps {
   static ML_HD T clamp_min(T v, T lo) { return v < lo ? lo : v; }  // NaN stays NaN
   static ML_HD T where_nonneg(T x, T a, T b) { return x >= T(0) ? a : b; }
   static ML_HD T fma(T a, T b, T c) { return a * b + c; }  // nvcc contracts it
-  // General functions for the modulated BCE members (csrc/math/bce_variants.h).
-  static ML_HD T log(T v) { using std::log; return log(v); }
-  static ML_HD T pow(T a, T b) { using std::pow; return pow(a, b); }
+  // For the modulated BCE member (csrc/math/bce_variants.h): log on [0, 1], b^g for b in [0, 1].
+  static ML_HD T log_unit(T v) { using std::log; return log(v); }
+  static ML_HD T pow_unit(T b, T g) { using std::pow; return pow(b, g); }
   static ML_HD T clamp_max(T v, T hi) { return v > hi ? hi : v; }  // NaN stays NaN
   static ML_HD T where_pos(T x, T a, T b) { return x > T(0) ? a : b; }
 };

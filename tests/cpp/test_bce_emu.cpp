@@ -354,15 +354,16 @@ void run_modulated_case(int64_t R, int64_t C, int reduction, int wmode, int offs
     p.weight_row_stride = w.row_stride;
     p.weight_col_stride = w.col_stride;
   }
+  using M = mlc::math::BceModulated;
   p.variant.kind = mlc::kBceModulated;
-  p.variant.gamma_pos = a.gp;
-  p.variant.gamma_neg = a.gn;
-  p.variant.alpha_pos = a.ap;
-  p.variant.alpha_neg = a.an;
-  p.variant.clip = a.clip;
-  p.variant.eps = a.eps;
-  p.variant.label_smoothing = a.ls;
-  p.variant.detach_focal = a.detach;
+  p.variant.param[M::kGammaPos] = a.gp;
+  p.variant.param[M::kGammaNeg] = a.gn;
+  p.variant.param[M::kAlphaPos] = a.ap;
+  p.variant.param[M::kAlphaNeg] = a.an;
+  p.variant.param[M::kClip] = a.clip;
+  p.variant.param[M::kEps] = a.eps;
+  p.variant.param[M::kSmoothing] = a.ls;
+  p.variant.param[M::kDetach] = a.detach ? 1.0 : 0.0;
   std::vector<T> grad(R * C + off, T(-777.0f)), loss;
   if (reduction == mlc::kNone) loss.assign(R * C + off, T(-777.0f));
   if (R * C > 0) p.grad = grad.data() + off;
