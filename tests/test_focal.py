@@ -360,3 +360,46 @@ def test_reference_backend_parity(reference_backend, which):
     assert NODE not in ours.grad_fn.name()
     torch.testing.assert_close(ours, want)
     torch.testing.assert_close(torch.autograd.grad(ours, x)[0], torch.autograd.grad(want, x)[0])
+
+
+# ------------------------------------------------------------------------------------------- CUDA
+def _cuda_cases(reduction):
+    """{name: (fused(x, y), oracle(x, y))}"""
+    return {
+        "focal": (lambda a, b: MF.sigmoid_focal_loss(a, b, 0.25, 2, reduction),
+                  lambda a, b: _reduce(focal_oracle(a, b, 0.25, 2), reduction)),
+        "focal_g05": (lambda a, b: MF.sigmoid_focal_loss(a, b, -1, 0.5, reduction, 0.1),
+                      lambda a, b: _reduce(focal_oracle(a, _smooth(b, 0.1), -1, 0.5), reduction)),
+        "asl": (lambda a, b: MF.asymmetric_loss(a, b, reduction=reduction),
+                lambda a, b: _reduce(asl_stable_oracle(a, b), reduction)),
+        "asl_clamped": (lambda a, b: MF.asymmetric_loss(a, b, reduction=reduction, stable=False),
+                        lambda a, b: _reduce(asl_oracle(a, b), reduction)),
+        "asl_detach": (lambda a, b: MF.asymmetric_loss(a, b, 4, 1, 0.05, 1e-8, True, reduction,
+                                                       stable=False),
+                       lambda a, b: _reduce(asl_oracle(a, b, 4, 1, 0.05, 1e-8, True), reduction)),
+    }
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("which", ["focal", "focal_g05", "asl", "asl_clamped", "asl_detach"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_parity(which, reduction, dtype):
+    from multilabel_cuda import _backend
+    assert "cuda" in _backend.KERNEL_DEVICES["bce_family"]
+    fused, oracle = _cuda_cases(reduction)[which]
+    x, y = _data((37, 1000), dtype, soft=which == "asl")
+    xc, yc = x.detach().cuda().requires_grad_(), y.cuda()
+    _check(fused(xc, yc), lambda a: oracle(a, yc), xc, dtype)
+    # Saturated logits: finite, and the CUDA kernel agrees with the CPU kernel.
+    xe = torch.tensor([[-1e4, 1e4, -1e4, 1e4, -30.0, 30.0]], dtype=dtype)
+    ye = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0, 0.0]], dtype=dtype)
+    outs = []
+    for dev in ("cpu", "cuda"):
+        xd = xe.to(dev).requires_grad_()
+        loss = fused(xd, ye.to(dev))
+        outs.append((loss.detach().cpu(), torch.autograd.grad(loss.sum(), xd)[0].cpu()))
+    for t in outs[1]:
+        assert torch.isfinite(t).all()
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, **tol(dtype))
