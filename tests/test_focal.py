@@ -194,6 +194,17 @@ def test_extreme_logits_finite(which, dtype):
     assert loss[0, 0] == 0 and loss[1, -1] == 0 and g[0, 0] == 0 and g[1, -1] == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_propagates(dtype):
+    x = torch.tensor([[float("nan"), 1.0, float("nan"), -2.0]], dtype=dtype, requires_grad=True)
+    y = torch.tensor([[0.0, 1.0, 1.0, 0.0]], dtype=dtype)
+    for loss in (MF.sigmoid_focal_loss(x, y, 0.25, 1.5), MF.asymmetric_loss(x, y, reduction="none"),
+                 MF.asymmetric_loss(x, y, reduction="none", stable=False)):
+        (g,) = torch.autograd.grad(loss.sum(), x)
+        assert loss[0, [0, 2]].isnan().all() and g[0, [0, 2]].isnan().all()
+        assert torch.isfinite(loss[0, [1, 3]]).all() and torch.isfinite(g[0, [1, 3]]).all()
+
+
 def test_stable_form_keeps_growing_where_clamped_saturates():
     x = torch.tensor([-40.0, -20.0], requires_grad=True)
     y = torch.ones(2)

@@ -94,10 +94,10 @@ struct VecOps<float> {
   }
 
   // b^g for b in [0, 1], g >= 0: exp(g log b) from the two narrow-domain functions (Sleef's powf
-  // costs about 25 times a multiply here); 0^g is 0, and 1 for g = 0, as pow. Relative error
-  // about (1 + g |log b|) ulp, i.e. large only where b^g is small.
+  // costs about 25 times a multiply here); 0^g is 0, and 1 for g = 0, as pow; NaN stays NaN.
+  // Relative error about 2 (1 + g |log b|) ulp, i.e. large only where b^g is small.
   ML_FORCE_INLINE static V pow_unit(V b, V g) {
-    return where_pos(b, exp_nonpos(g * log_unit(b)), where_pos(g, V(0.0f), V(1.0f)));
+    return where_pos(b, exp_nonpos(g * log_unit(b)), where_pos(g, V(0.0f), V(1.0f))) + (b - b);
   }
 
   // log1p(e) for e in [0, 1]: e * P(e), P the degree-8 minimax fit of log1p(e)/e on [0, 1] in
