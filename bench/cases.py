@@ -4,7 +4,7 @@ Shared by ``bench.compare`` and ``bench/test_bench.py``. torch is imported insid
 that importing this module stays cheap."""
 from dataclasses import dataclass, field
 
-CASE_ORDER = ("bce", "bce_pw", "soft_margin", "margin8", "margin256")
+CASE_ORDER = ("bce", "bce_pw", "soft_margin", "margin8", "margin256", "focal", "asl")
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,8 @@ class CaseSpec:
     loss: str                 # name in torch.nn.functional and multilabel_cuda.functional
     positives: int = 0        # margin: positive classes per row (target padded with -1)
     pos_weight: bool = False
+    native: str = ""          # the unfused torch formula in this module when torch.nn has none
+    kwargs: tuple = ()        # (name, value) pairs passed to both implementations
 
 
 SPECS = {
@@ -23,7 +25,38 @@ SPECS = {
     "soft_margin": CaseSpec("soft_margin", "soft margin", "multilabel_soft_margin_loss"),
     "margin8": CaseSpec("margin8", "margin, 8 pos", "multilabel_margin_loss", positives=8),
     "margin256": CaseSpec("margin256", "margin, 256 pos", "multilabel_margin_loss", positives=256),
+    # BCE family members with no torch.nn op: "native" is the published formula in torch ops.
+    "focal": CaseSpec("focal", "focal g=2 a=.25", "sigmoid_focal_loss", native="focal_unfused",
+                      kwargs=(("reduction", "mean"),)),
+    "asl": CaseSpec("asl", "asymmetric (ASL)", "asymmetric_loss", native="asl_unfused"),
 }
+
+
+def focal_unfused(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
+    """torchvision.ops.sigmoid_focal_loss as published."""
+    import torch
+    import torch.nn.functional as F
+    p = torch.sigmoid(inputs)
+    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+
+
+def asl_unfused(x, y, gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-8):
+    """Ridnik et al.'s AsymmetricLoss.forward as published (returns -loss.sum())."""
+    import torch
+    x_sigmoid = torch.sigmoid(x)
+    xs_pos, xs_neg = x_sigmoid, 1 - x_sigmoid
+    if clip is not None and clip > 0:
+        xs_neg = (xs_neg + clip).clamp(max=1)
+    loss = y * torch.log(xs_pos.clamp(min=eps)) + (1 - y) * torch.log(xs_neg.clamp(min=eps))
+    if gamma_neg > 0 or gamma_pos > 0:
+        pt = xs_pos * y + xs_neg * (1 - y)
+        loss = loss * torch.pow(1 - pt, gamma_pos * y + gamma_neg * (1 - y))
+    return -loss.sum()
 
 
 def fused_available(spec):
@@ -36,7 +69,8 @@ def fused_available(spec):
 
 _OP_OF_LOSS = {"binary_cross_entropy_with_logits": "bce_with_logits",
                "multilabel_soft_margin_loss": "multilabel_soft_margin",
-               "multilabel_margin_loss": "multilabel_margin"}
+               "multilabel_margin_loss": "multilabel_margin",
+               "sigmoid_focal_loss": "bce_family", "asymmetric_loss": "bce_family"}
 
 
 def fused_runs_extension(spec, device):
@@ -60,7 +94,7 @@ def make_inputs(spec, n, c, dtype, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, c, generator=g).to(device=device, dtype=dtype).requires_grad_()
     es = x.element_size()
-    kwargs = {}
+    kwargs = dict(spec.kwargs)
     if spec.loss == "multilabel_margin_loss":
         p = spec.positives
         if p >= c:
@@ -84,7 +118,7 @@ def make_inputs(spec, n, c, dtype, device, seed=0):
 def native_loss_fn(spec, inp):
     """A closure computing the native loss (also what torch.compile gets)."""
     import torch.nn.functional as F
-    fn = getattr(F, spec.loss)
+    fn = globals()[spec.native] if spec.native else getattr(F, spec.loss)
     kwargs = dict(inp.kwargs)
 
     def native_loss(x, target):

@@ -182,6 +182,60 @@ struct BceFunction : torch::autograd::Function<Self> {
 struct BceWithLogitsBackward final : BceFunction<BceWithLogitsBackward, false> {};
 struct MultilabelSoftMarginBackward final : BceFunction<MultilabelSoftMarginBackward, true> {};
 
+// bce_family, any member of the BCE family but plain BCE's own op (focal, asymmetric, ...): forward
+// keeps the fused gradient, backward scales it. Its differentiable backward (double backward,
+// target or weight gradients) is not written in C++: multilabel_cuda.functional routes calls that
+// need it to the reference formulas.
+struct BceFamilyBackward final : torch::autograd::Function<BceFamilyBackward> {
+  using Op = OpPair(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                    int64_t, at::ArrayRef<double>, int64_t, bool);
+
+  static OpPair call_op(const at::Tensor& input, const at::Tensor& target,
+                        const std::optional<at::Tensor>& weight, int64_t kind,
+                        at::ArrayRef<double> params, int64_t reduction, bool compute_grad) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<Op>("multilabel_cuda::bce_family");
+    return op.call(input, target, weight, kind, params, reduction, compute_grad);
+  }
+
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                               int64_t kind, at::ArrayRef<double> params, int64_t reduction,
+                               bool compute_grad) {
+    auto [loss, grad] = call_op(input, target, weight, kind, params, reduction, compute_grad);
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["params"] = params.vec();
+    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["has_weight"] = weight.has_value() && weight->defined();
+    ctx->save_for_backward({input, target, weight.value_or(at::Tensor())});
+    keep_grad(ctx, grad, compute_grad);
+    return {loss, grad};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    variable_list out(7);  // one slot per forward argument
+    const at::Tensor& grad_loss = grad_outputs[0];
+    if (!grad_loss.defined()) return out;
+    TORCH_CHECK(!ctx->needs_input_grad(1) &&
+                    !(ctx->saved_data["has_weight"].toBool() && ctx->needs_input_grad(2)),
+                "multilabel_cuda: the fused BCE-family op computes no gradient w.r.t. target or "
+                "weight; multilabel_cuda.functional routes such calls to the reference "
+                "implementation");
+    if (!ctx->needs_input_grad(0)) return out;
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "multilabel_cuda: the fused focal/asymmetric BCE op has no double backward "
+                "(create_graph=True); use multilabel_cuda.set_backend(\"reference\") for it");
+    const auto saved = ctx->get_saved_variables();  // input, target, weight
+    out[0] = scaled_grad(ctx, grad_loss, [&] {
+      const std::vector<double> params = ctx->saved_data["params"].toDoubleVector();
+      return std::get<1>(call_op(saved[0], saved[1], opt(saved[2]),
+                                 ctx->saved_data["kind"].toInt(), params,
+                                 ctx->saved_data["reduction"].toInt(), true));
+    });
+    return out;
+  }
+};
+
 struct MultilabelMarginBackward final : torch::autograd::Function<MultilabelMarginBackward> {
   static OpPair call_op(const at::Tensor& input, const at::Tensor& target, int64_t reduction,
                         bool compute_grad, int64_t algo) {
@@ -238,6 +292,13 @@ OpPair multilabel_soft_margin_autograd(const at::Tensor& input, const at::Tensor
                                                      reduction, compute_grad));
 }
 
+OpPair bce_family_autograd(const at::Tensor& input, const at::Tensor& target,
+                           const std::optional<at::Tensor>& weight, int64_t kind,
+                           at::ArrayRef<double> params, int64_t reduction, bool compute_grad) {
+  return as_pair(BceFamilyBackward::apply(input, target, weight, kind, params, reduction,
+                                          compute_grad));
+}
+
 OpPair multilabel_margin_autograd(const at::Tensor& input, const at::Tensor& target,
                                   int64_t reduction, bool compute_grad, int64_t algo) {
   return as_pair(MultilabelMarginBackward::apply(input, target, reduction, compute_grad, algo));
@@ -250,4 +311,5 @@ TORCH_LIBRARY_IMPL(multilabel_cuda, Autograd, m) {
   m.impl("bce_with_logits", &multilabel_cuda::bce_with_logits_autograd);
   m.impl("multilabel_soft_margin", &multilabel_cuda::multilabel_soft_margin_autograd);
   m.impl("multilabel_margin", &multilabel_cuda::multilabel_margin_autograd);
+  m.impl("bce_family", &multilabel_cuda::bce_family_autograd);
 }

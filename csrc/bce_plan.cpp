@@ -51,7 +51,7 @@ void flatten_rows(BcePlan& plan) {
 BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor& target,
                       const std::optional<at::Tensor>& weight,
                       const std::optional<at::Tensor>& pos_weight, int64_t reduction,
-                      bool compute_grad, bool row_mean) {
+                      bool compute_grad, bool row_mean, const BceVariant& variant) {
   check_kernel_input(op, input);
   check_reduction(op, reduction);
   TORCH_CHECK(!row_mean || input.dim() >= 1, op, ": input must have at least one dimension");
@@ -68,6 +68,7 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
   }
 
   BcePlan plan;
+  plan.variant = variant;
   plan.row_mean = row_mean;
   plan.reduction = reduction;
   plan.cols = input.dim() == 0 ? 1 : input.size(-1);
@@ -92,6 +93,20 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
   plan.grad = compute_grad ? empty_output({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
   plan.scales = loss_scales(reduction, plan.rows, plan.cols, row_mean);  // row_mean never flattens
   return plan;
+}
+
+BceVariant bce_variant(int64_t kind, at::ArrayRef<double> params) {
+  bool known = false;
+#define MLC_KNOWN(K, E) known = known || kind == K;
+  MLC_BCE_FAMILY(MLC_KNOWN)
+#undef MLC_KNOWN
+  TORCH_CHECK(known, "bce_family: unknown kind ", kind);
+  TORCH_CHECK(params.size() <= static_cast<size_t>(kBceParams), "bce_family: at most ", kBceParams,
+              " params, got ", params.size());
+  BceVariant v;
+  v.kind = static_cast<int>(kind);
+  for (size_t k = 0; k < params.size(); ++k) v.param[k] = params[k];
+  return v;
 }
 
 std::tuple<at::Tensor, at::Tensor> bce_outputs(const BcePlan& plan, const at::Tensor& input) {

@@ -17,6 +17,7 @@ struct BcePlan {
   at::Tensor loss;  // final output: input's shape, its leading shape (row_mean), or a scalar
   at::Tensor grad;  // (rows, cols) contiguous when requested, else empty
   LossScales scales;
+  BceVariant variant;  // the member of the BCE family (plain unless a modulated op runs)
 
   template <class T>
   BceParams<T> params() const;
@@ -25,7 +26,12 @@ struct BcePlan {
 BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor& target,
                       const std::optional<at::Tensor>& weight,
                       const std::optional<at::Tensor>& pos_weight, int64_t reduction,
-                      bool compute_grad, bool row_mean);
+                      bool compute_grad, bool row_mean,
+                      const BceVariant& variant = BceVariant());
+
+// The BceVariant of op bce_family's (kind, params): a member of MLC_BCE_FAMILY and at most
+// kBceParams numbers (the rest 0). The values are the member's schema's to check.
+BceVariant bce_variant(int64_t kind, at::ArrayRef<double> params);
 
 // Output of the op: (loss, grad reshaped as the input, or an empty tensor).
 std::tuple<at::Tensor, at::Tensor> bce_outputs(const BcePlan& plan, const at::Tensor& input);
@@ -52,6 +58,7 @@ BceParams<T> BcePlan::params() const {
   if (!row_mean && reduction == kNone) p.loss = loss.mutable_data_ptr<T>();
   if (grad.defined() && grad.numel() > 0) p.grad = grad.mutable_data_ptr<T>();
   p.scales = scales;
+  p.variant = variant;
   return p;
 }
 

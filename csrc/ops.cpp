@@ -17,6 +17,10 @@ TORCH_LIBRARY(multilabel_cuda, m) {
         "int reduction, bool compute_grad) -> (Tensor, Tensor)");
   m.def("multilabel_soft_margin(Tensor input, Tensor target, Tensor? weight, int reduction, "
         "bool compute_grad) -> (Tensor, Tensor)");
+  // Any member of the BCE family (csrc/math/bce_variants.h) by kind, with its parameters in the
+  // member's order. Each member's public schema (csrc/bce_variants.cpp) checks and packs them.
+  m.def("bce_family(Tensor input, Tensor target, Tensor? weight, int kind, float[] params, "
+        "int reduction, bool compute_grad) -> (Tensor, Tensor)");
   // algo: 0 auto (the measured switch rule of csrc/cpu/margin_cpu.cpp), 1 direct O(P*C),
   // 2 counting O(C log P + P log P) (CPU only). The Python API passes 0.
   m.def("multilabel_margin(Tensor input, Tensor target, int reduction, bool compute_grad, "

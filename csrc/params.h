@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "math/bce_variants.h"  // BceVariant
+
 namespace mlc {
 
 // How the op's outputs come from its per-element terms; computed once on the host by
@@ -28,6 +30,7 @@ struct BceParams {
   T* loss = nullptr;  // elementwise loss (reduction 'none' of BCE), rows x cols contiguous, or null
   T* grad = nullptr;  // d(output)/d(input) for an upstream gradient of 1, contiguous, or null
   LossScales scales;
+  BceVariant variant;  // which member of the BCE family, and its parameters
 };
 
 // Which per-row algorithm the margin kernel uses (the schema's `algo` argument).

@@ -7,13 +7,14 @@
 from . import functional
 from ._backend import backend, set_backend
 from .functional import LossArgumentError
-from .modules import BCEWithLogitsLoss, MultiLabelMarginLoss, MultiLabelSoftMarginLoss
+from .modules import (AsymmetricLoss, BCEWithLogitsLoss, MultiLabelMarginLoss,
+                      MultiLabelSoftMarginLoss, SigmoidFocalLoss)
 from .modules import (LinearBCEWithLogitsLoss, LinearMultiLabelMarginLoss,
                       LinearMultiLabelSoftMarginLoss)
 from .sparse import SparseTargets
 
 __all__ = ["functional", "backend", "set_backend", "LossArgumentError", "BCEWithLogitsLoss",
-           "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss", "SparseTargets",
-           "LinearBCEWithLogitsLoss", "LinearMultiLabelSoftMarginLoss",
+           "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss", "SigmoidFocalLoss", "AsymmetricLoss",
+           "SparseTargets", "LinearBCEWithLogitsLoss", "LinearMultiLabelSoftMarginLoss",
            "LinearMultiLabelMarginLoss"]
 __version__ = "0.1.0"

@@ -50,6 +50,12 @@ if AVAILABLE:
         loss = input.new_empty(input.shape[:-1] if reduction == NONE else ())
         return loss, input.new_empty(input.shape if compute_grad else (0,))
 
+    @torch.library.register_fake("multilabel_cuda::bce_family")
+    def _(input, target, weight, kind, params, reduction, compute_grad):
+        _check_devices("bce_family", input, target=target, weight=weight)
+        loss = input.new_empty(input.shape if reduction == NONE else ())
+        return loss, input.new_empty(input.shape if compute_grad else (0,))
+
     @torch.library.register_fake("multilabel_cuda::_scale_grad_")
     def _(grad, upstream):
         return None

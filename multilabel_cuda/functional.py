@@ -171,6 +171,103 @@ def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduct
     return torch.ops.multilabel_cuda.multilabel_margin(input, target, red, _compute_grad(input))[0]
 
 
+# ------------------------------------------------------------------ modulated BCE: focal, asymmetric
+def _check_modulated(fn, input, target, weight, params):
+    """Shared checks of the modulated BCE losses; returns (input, target, weight) dtype-aligned.
+    params: {name: (value, low, high, high_inclusive)} ranges, low always inclusive."""
+    for name, (v, lo, hi, hi_incl) in params.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            _fail(fn, f"{name} must be a real number, got {type(v).__name__}")
+        if not (lo <= v and (v <= hi if hi_incl else v < hi)):
+            _fail(fn, f"{name} must be in [{lo}, {hi}{']' if hi_incl else ')'}, got {v}")
+    _check_tensor(fn, "input", input)
+    _check_tensor(fn, "target", target)
+    if target.size() != input.size():
+        _fail(fn, f"target size ({tuple(target.shape)}) must be the same as input size "
+                  f"({tuple(input.shape)})")
+    _check_floating(fn, "input", input)
+    _check_floating(fn, "target", target)
+    target = _same_device(fn, "target", target, input)
+    dtype = _result_dtype(input, target)
+    input, target = input.to(dtype), target.to(dtype)
+    if weight is not None:
+        weight = _broadcast_operand(fn, "weight", weight, input, dtype)
+    return input, target, weight
+
+
+def _modulated(input, target, weight, red, gamma_pos, gamma_neg, alpha_pos, alpha_neg, clip, eps,
+               label_smoothing, detach_focal):
+    """The fused op, or the reference formulas when the op cannot serve the call (no extension, or
+    gradients it does not compute: target, weight, double backward, forward AD, functorch)."""
+    args = (gamma_pos, gamma_neg, alpha_pos, alpha_neg, clip, eps, label_smoothing, detach_focal)
+    # Double backward (create_graph) is not known here: the fused op refuses it with an error that
+    # names the reference backend (multilabel_cuda.set_backend("reference")).
+    if not _backend.use_extension("bce_family", input.device) or \
+            _needs_reference(target, weight):
+        return reference.modulated_bce(input, target, weight, red, *args)
+    return torch.ops.multilabel_cuda.modulated_bce(input, target, weight, *args, red,
+                                                   _compute_grad(input))[0]
+
+
+def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none",
+                       label_smoothing=0.0, weight=None):
+    """torchvision.ops.sigmoid_focal_loss, fused: loss = BCE(x, y) * (1 - p_t)^gamma, times
+    alpha_t = alpha * y + (1 - alpha) * (1 - y) when alpha >= 0 (alpha < 0: no class weighting),
+    p_t = p * y + (1 - p) * (1 - y), p = sigmoid(x); reduction 'none' by default, as torchvision.
+
+    Beyond torchvision: label_smoothing (targets become y * (1 - ls) + ls / 2 everywhere, alpha_t and
+    p_t included), an elementwise ``weight`` broadcastable to the input, and one pass that is
+    finite for any finite logit (torchvision's (1 - p_t)^gamma gradient is NaN at saturated logits
+    when gamma < 1). Gradients w.r.t. targets and double backward go through the reference."""
+    fn = "sigmoid_focal_loss"
+    red = _reduction_code(reduction)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        _fail(fn, f"alpha must be a real number, got {type(alpha).__name__}")
+    if alpha > 1 or alpha != alpha:
+        _fail(fn, f"alpha must be in [0, 1], or negative for no class weighting, got {alpha}")
+    inputs, targets, weight = _check_modulated(
+        fn, inputs, targets, weight,
+        {"gamma": (gamma, 0, float("inf"), False), "label_smoothing": (label_smoothing, 0, 1, False)})
+    a_pos, a_neg = (float(alpha), 1.0 - alpha) if alpha >= 0 else (1.0, 1.0)
+    return _modulated(inputs, targets, weight, red, float(gamma), float(gamma), a_pos, a_neg, 0.0,
+                      0.0, float(label_smoothing), False)
+
+
+def asymmetric_loss(input, target, gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-8,
+                    disable_torch_grad_focal_loss=False, reduction="sum", label_smoothing=0.0,
+                    stable=True, weight=None):
+    """The asymmetric loss (ASL, Ridnik et al. 2021), fused, with the reference AsymmetricLoss's
+    parameters and defaults. Per element, p = sigmoid(x), y the (smoothed) target:
+        p_neg = min(1 - p + clip, 1)                     (clip = 0: 1 - p)
+        loss  = -(y log p + (1 - y) log p_neg) * (1 - p_t)^(gamma_pos y + gamma_neg (1 - y))
+    with p_t = p y + p_neg (1 - y). The reference returns the negated sum, i.e. reduction='sum' of
+    this loss (the default here); 'mean' and 'none' are offered too.
+
+    stable=True (default): log p is log-sigmoid and log p_neg is log-sigmoid(-x) (clip = 0) or
+    log(min(sigmoid(-x) + clip, 1)), so the loss keeps growing linearly for confident mistakes and
+    the gradient never vanishes. stable=False: the reference's log(max(p, eps)), which saturates at
+    -log(eps) (~18.4) once p < eps, with a zero gradient there (for |logit| > ~18 in float32).
+    disable_torch_grad_focal_loss: the focusing weight is a constant in backward, as the reference's
+    no_grad option. label_smoothing: y -> y (1 - ls) + ls / 2. weight: elementwise, broadcastable."""
+    fn = "asymmetric_loss"
+    red = _reduction_code(reduction)
+    if not isinstance(disable_torch_grad_focal_loss, bool) or not isinstance(stable, bool):
+        _fail(fn, "disable_torch_grad_focal_loss and stable must be bools")
+    inputs, target, weight = _check_modulated(
+        fn, input, target, weight,
+        {"gamma_neg": (gamma_neg, 0, float("inf"), False),
+         "gamma_pos": (gamma_pos, 0, float("inf"), False),
+         "clip": (clip if clip is not None else 0.0, 0, 1, False),
+         "eps": (eps, 0, 1, False),
+         "label_smoothing": (label_smoothing, 0, 1, False)})
+    if not stable and eps <= 0:
+        _fail(fn, f"eps must be > 0 when stable=False, got {eps}")
+    clip = float(clip) if clip is not None else 0.0
+    return _modulated(inputs, target, weight, red, float(gamma_pos), float(gamma_neg), 1.0, 1.0,
+                      clip, 0.0 if stable else float(eps), float(label_smoothing),
+                      disable_torch_grad_focal_loss)
+
+
 from . import _sparse_loss  # noqa: E402  (it uses this module's checks)
 from .metrics import linear_topk, ndcg_at_k, precision_at_k  # noqa: E402,F401
 from .linear import (linear_binary_cross_entropy_with_logits,  # noqa: E402,F401  (fused linear)

@@ -29,5 +29,36 @@ class MultiLabelMarginLoss(torch.nn.MultiLabelMarginLoss):
         return F.multilabel_margin_loss(input, target, reduction=self.reduction)
 
 
+class SigmoidFocalLoss(torch.nn.Module):
+    """Module form of functional.sigmoid_focal_loss (torchvision's parameters; reduction 'none')."""
+
+    def __init__(self, alpha=0.25, gamma=2, reduction="none", label_smoothing=0.0):
+        super().__init__()
+        self.alpha, self.gamma, self.reduction = alpha, gamma, reduction
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input, target):
+        return F.sigmoid_focal_loss(input, target, self.alpha, self.gamma, self.reduction,
+                                    self.label_smoothing)
+
+
+class AsymmetricLoss(torch.nn.Module):
+    """Module form of functional.asymmetric_loss (the reference AsymmetricLoss's parameters and
+    defaults; reduction 'sum' is what it returns)."""
+
+    def __init__(self, gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-8,
+                 disable_torch_grad_focal_loss=False, reduction="sum", label_smoothing=0.0,
+                 stable=True):
+        super().__init__()
+        self.gamma_neg, self.gamma_pos, self.clip, self.eps = gamma_neg, gamma_pos, clip, eps
+        self.disable_torch_grad_focal_loss = disable_torch_grad_focal_loss
+        self.reduction, self.label_smoothing, self.stable = reduction, label_smoothing, stable
+
+    def forward(self, input, target):
+        return F.asymmetric_loss(input, target, self.gamma_neg, self.gamma_pos, self.clip,
+                                 self.eps, self.disable_torch_grad_focal_loss, self.reduction,
+                                 self.label_smoothing, self.stable)
+
+
 from .linear import (LinearBCEWithLogitsLoss, LinearMultiLabelMarginLoss,  # noqa: E402,F401
                      LinearMultiLabelSoftMarginLoss)

@@ -95,3 +95,28 @@ def multilabel_margin_loss(input, target, reduction):
     if input.dim() < 2:
         return row.reshape(()).to(input.dtype)
     return _reduce(row, reduction).to(input.dtype)
+
+
+def modulated_bce(input, target, weight, reduction, gamma_pos, gamma_neg, alpha_pos, alpha_neg,
+                  clip, eps, label_smoothing, detach_focal):
+    """Focal / asymmetric BCE (the fused op modulated_bce, csrc/math/bce_variants.h), in torch ops.
+    eps == 0: log-sigmoid form; eps > 0: the ASL reference's log(max(prob, eps))."""
+    x, target, weight = _in_float32(input, target, weight)
+    y = target * (1 - label_smoothing) + label_smoothing / 2 if label_smoothing else target
+    p, q = torch.sigmoid(x), torch.sigmoid(-x)
+    if eps == 0:
+        log_pos = F.logsigmoid(x)
+        log_neg = F.logsigmoid(-x) if clip == 0 else torch.log((q + clip).clamp(max=1))
+    else:
+        log_pos = torch.log(p.clamp(min=eps))
+        log_neg = torch.log((q if clip == 0 else (q + clip).clamp(max=1)).clamp(min=eps))
+    loss = -(y * log_pos + (1 - y) * log_neg)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_focal):
+        base = y * q + (1 - y) * (p if clip == 0 else (p - clip).clamp(min=0))
+        focus = torch.pow(base, gamma_pos * y + gamma_neg * (1 - y))
+    loss = loss * focus
+    if alpha_pos != 1 or alpha_neg != 1:
+        loss = loss * (alpha_pos * y + alpha_neg * (1 - y))
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction).to(input.dtype)

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "../bce_plan.h"
-#include "../math/bce.h"
+#include "../math/bce_variants.h"
 #include "vec_io.h"
 
 namespace mlc::cpu {
@@ -26,8 +26,9 @@ constexpr int64_t kGrainElems = 32768;  // below this, threading costs more than
 constexpr int64_t kUnroll = 4;
 
 // Returns the loss sum over row r, columns [c0, c1) (0 when the loss is written elementwise).
-// kWeight / kPosWeight: whether that operand is present (compiled out when absent).
-template <class T, bool kWeight, bool kPosWeight>
+// Elem: the member of the BCE family (csrc/math/bce_variants.h). kWeight / kPosWeight: whether that
+// operand is present (compiled out when absent).
+template <class T, class Elem, bool kWeight, bool kPosWeight>
 double bce_chunk(const BceParams<T>& P, int64_t r, int64_t c0, int64_t c1) {
   using acc_t = opmath_t<T>;
   using V = Vectorized<acc_t>;
@@ -45,11 +46,12 @@ double bce_chunk(const BceParams<T>& P, int64_t r, int64_t c0, int64_t c1) {
   T* grad = P.grad ? P.grad + r * P.cols : nullptr;
   T* loss = P.loss ? P.loss + r * P.cols : nullptr;
 
+  const Elem member(P.variant);
   auto elem = [&](int64_t c, int64_t n, V& l, V& g) {
     const V wv = kWeight && w_vec ? load(w + c, n) : w_bcast;
     const V pv = kPosWeight && pw_vec ? load(pw + c, n) : pw_bcast;
-    math::bce_elem<VecOps<acc_t>, kWeight, kPosWeight>(load(x + c, n), load(y + c, n), wv, pv, l,
-                                                       g);
+    member.template apply<VecOps<acc_t>, kWeight, kPosWeight>(load(x + c, n), load(y + c, n), wv,
+                                                              pv, l, g);
   };
   // Loss sums: up to kFlush vector adds in acc_t, then into double lanes, so a 1e6-long fp32 row
   // keeps ~1e-7 relative accuracy at the cost of one vector add per step.
@@ -87,11 +89,25 @@ double bce_chunk(const BceParams<T>& P, int64_t r, int64_t c0, int64_t c1) {
   return lane_sums.total();
 }
 
-// The chunk function for the operands present.
+// The chunk function for the member and the operands present.
 template <class T>
-auto pick_bce_chunk(const BceParams<T>& P) {
-  if (P.weight) return P.pos_weight ? &bce_chunk<T, true, true> : &bce_chunk<T, true, false>;
-  return P.pos_weight ? &bce_chunk<T, false, true> : &bce_chunk<T, false, false>;
+using ChunkFn = double (*)(const BceParams<T>&, int64_t, int64_t, int64_t);
+
+template <class T, class Elem>
+ChunkFn<T> pick_bce_chunk(const BceParams<T>& P) {
+  if constexpr (Elem::kPosWeight) {
+    if (P.pos_weight) return P.weight ? &bce_chunk<T, Elem, true, true> : &bce_chunk<T, Elem, false, true>;
+  }
+  return P.weight ? &bce_chunk<T, Elem, true, false> : &bce_chunk<T, Elem, false, false>;
+}
+
+template <class T>
+ChunkFn<T> pick_bce_chunk(const BceParams<T>& P) {
+#define MLC_PICK(K, E) \
+  if (P.variant.kind == K) return pick_bce_chunk<T, E>(P);
+  MLC_BCE_FAMILY(MLC_PICK)
+#undef MLC_PICK
+  TORCH_CHECK(false, "multilabel_cuda: unknown BCE variant ", P.variant.kind);
 }
 
 template <class T>
@@ -130,9 +146,10 @@ std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& input,
                                        const at::Tensor& target,
                                        const std::optional<at::Tensor>& weight,
                                        const std::optional<at::Tensor>& pos_weight,
-                                       int64_t reduction, bool compute_grad, bool row_mean) {
+                                       int64_t reduction, bool compute_grad, bool row_mean,
+                                       const BceVariant& variant = BceVariant()) {
   BcePlan plan = make_bce_plan(op, input, target, weight, pos_weight, reduction, compute_grad,
-                               row_mean);
+                               row_mean, variant);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bce_cpu",
                                   [&] { bce_cpu_impl<scalar_t>(plan); });
   return bce_outputs(plan, input);
@@ -152,10 +169,20 @@ std::tuple<at::Tensor, at::Tensor> multilabel_soft_margin_cpu(
              compute_grad, true);
 }
 
+// Any member of the BCE family (csrc/math/bce_variants.h) by kind; no pos_weight.
+std::tuple<at::Tensor, at::Tensor> bce_family_cpu(const at::Tensor& input, const at::Tensor& target,
+                                                const std::optional<at::Tensor>& weight,
+                                                int64_t kind, at::ArrayRef<double> params,
+                                                int64_t reduction, bool compute_grad) {
+  return run("bce_family", input, target, weight, std::nullopt, reduction, compute_grad, false,
+             bce_variant(kind, params));
+}
+
 }  // namespace
 }  // namespace mlc::cpu
 
 TORCH_LIBRARY_IMPL(multilabel_cuda, CPU, m) {
   m.impl("bce_with_logits", &mlc::cpu::bce_with_logits_cpu);
   m.impl("multilabel_soft_margin", &mlc::cpu::multilabel_soft_margin_cpu);
+  m.impl("bce_family", &mlc::cpu::bce_family_cpu);
 }

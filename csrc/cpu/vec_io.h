@@ -20,6 +20,7 @@ using opmath_t = at::opmath_type<T>;
 // narrow domains the math needs, about twice as fast as the general Sleef functions at <= 2 ulp.
 template <class T>
 struct VecOps {
+  using scalar_t = T;
   using V = Vectorized<T>;
   ML_FORCE_INLINE static V exp_nonpos(V v) { return v.exp(); }
   ML_FORCE_INLINE static V log1p_unit(V v) { return v.log1p(); }
@@ -27,15 +28,25 @@ struct VecOps {
   ML_FORCE_INLINE static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }  // max(lo, v): NaN stays
   ML_FORCE_INLINE static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
   ML_FORCE_INLINE static V fma(V a, V b, V c) { return at::vec::fmadd(a, b, c); }
+  // For the modulated BCE member (csrc/math/bce_variants.h): log on [0, 1], b^g for b in [0, 1] and
+  // g >= 0. double: Sleef (u10) as is.
+  ML_FORCE_INLINE static V log_unit(V v) { return v.log(); }
+  ML_FORCE_INLINE static V pow_unit(V b, V g) { return b.pow(g); }
+  ML_FORCE_INLINE static V clamp_max(V v, V hi) { return at::vec::clamp_max(v, hi); }  // NaN stays
+  ML_FORCE_INLINE static V where_pos(V x, V a, V b) { return V::blendv(b, a, x > V(0)); }
 };
 
 template <>
 struct VecOps<float> {
+  using scalar_t = float;
   using V = Vectorized<float>;
   ML_FORCE_INLINE static V abs(V v) { return v.abs(); }
   ML_FORCE_INLINE static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }
   ML_FORCE_INLINE static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
   ML_FORCE_INLINE static V fma(V a, V b, V c) { return at::vec::fmadd(a, b, c); }
+  // For the modulated BCE member (csrc/math/bce_variants.h).
+  ML_FORCE_INLINE static V clamp_max(V v, V hi) { return at::vec::clamp_max(v, hi); }  // NaN stays
+  ML_FORCE_INLINE static V where_pos(V x, V a, V b) { return V::blendv(b, a, x > V(0)); }
 
   // exp(x) for x <= 0 (NaN propagates): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and the
   // classic degree-6 minimax polynomial (Cephes expf). n <= 0, so 2^(n + 64) is a normal float and
@@ -56,6 +67,37 @@ struct VecOps<float> {
 #else
     return p * pow2(n + V(64.0f)) * V(5.42101086242752217e-20f);  // 2^-64
 #endif
+  }
+
+  // log(x) for x in [0, 1] (NaN propagates; 0 and subnormals read as the smallest normal, -87.3):
+  // x = m 2^k with m in [sqrt(1/2), sqrt(2)) split from the bits (as musl's logf), log x =
+  // k ln2 + log(m), log(m) = log(1 + f) the Cephes logf polynomial (about 1 ulp). Sleef's logf
+  // costs several times more.
+  ML_FORCE_INLINE static V log_unit(V x) {
+    using VI = Vectorized<int32_t>;
+    const VI ix = at::vec::cast<int32_t>(at::vec::clamp_min(x, V(1.17549435e-38f))) - VI(0x3f3504f3);
+    const V k = at::vec::convert_to_fp_of_same_size<float>(ix >> VI(23));
+    const V f = at::vec::cast<float>((ix & VI(0x007fffff)) + VI(0x3f3504f3)) - V(1.0f);
+    const V z = f * f;
+    V p = V(7.0376836292e-2f);
+    p = at::vec::fmadd(p, f, V(-1.1514610310e-1f));
+    p = at::vec::fmadd(p, f, V(1.1676998740e-1f));
+    p = at::vec::fmadd(p, f, V(-1.2420140846e-1f));
+    p = at::vec::fmadd(p, f, V(1.4249322787e-1f));
+    p = at::vec::fmadd(p, f, V(-1.6668057665e-1f));
+    p = at::vec::fmadd(p, f, V(2.0000714765e-1f));
+    p = at::vec::fmadd(p, f, V(-2.4999993993e-1f));
+    p = at::vec::fmadd(p, f, V(3.3333331174e-1f));
+    V y = at::vec::fmadd(k, V(-2.12194440e-4f), p * f * z);
+    y = at::vec::fmadd(z, V(-0.5f), y);
+    return at::vec::fmadd(k, V(0.693359375f), f + y) + (x - x);  // x - x: NaN for NaN
+  }
+
+  // b^g for b in [0, 1], g >= 0: exp(g log b) from the two narrow-domain functions (Sleef's powf
+  // costs about 25 times a multiply here); 0^g is 0, and 1 for g = 0, as pow; NaN stays NaN.
+  // Relative error about 2 (1 + g |log b|) ulp, i.e. large only where b^g is small.
+  ML_FORCE_INLINE static V pow_unit(V b, V g) {
+    return where_pos(b, exp_nonpos(g * log_unit(b)), where_pos(g, V(0.0f), V(1.0f))) + (b - b);
   }
 
   // log1p(e) for e in [0, 1]: e * P(e), P the degree-8 minimax fit of log1p(e)/e on [0, 1] in

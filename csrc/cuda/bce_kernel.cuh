@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "../math/bce.h"
+#include "../math/bce_variants.h"
 #include "../math/scalar_ops.h"
 #include "../params.h"
 #include "common.cuh"
@@ -39,13 +39,14 @@ struct TileRow {
   T* loss;      // or null
 };
 
-template <class T, class A>
-__device__ __forceinline__ void bce_one(const TileRow<T>& t, int64_t c, A w0, A p0, A scale,
-                                        A& acc) {
+// Elem: the member of the BCE family (csrc/math/bce_variants.h).
+template <class Elem, class T, class A>
+__device__ __forceinline__ void bce_one(const Elem& f, const TileRow<T>& t, int64_t c, A w0, A p0,
+                                        A scale, A& acc) {
   A l, g;
-  math::bce_elem<math::ScalarOps<A>>(static_cast<A>(t.x[c]), static_cast<A>(t.y[c]),
-                                     t.w ? static_cast<A>(t.w[c]) : w0,
-                                     t.pw ? static_cast<A>(t.pw[c]) : p0, l, g);
+  f.template apply<math::ScalarOps<A>>(static_cast<A>(t.x[c]), static_cast<A>(t.y[c]),
+                                       t.w ? static_cast<A>(t.w[c]) : w0,
+                                       t.pw ? static_cast<A>(t.pw[c]) : p0, l, g);
   if (t.grad) t.grad[c] = from_acc<T>(g * scale);
   if (t.loss) {
     t.loss[c] = from_acc<T>(l);
@@ -55,10 +56,11 @@ __device__ __forceinline__ void bce_one(const TileRow<T>& t, int64_t c, A w0, A 
 }
 
 // This thread's share of tile (r, [c0, c0 + n)): writes grad/loss, returns its loss sum.
-template <class T, class A>
+template <class Elem, class T, class A>
 __device__ __forceinline__ A bce_tile(const BceParams<T>& p, int64_t r, int64_t c0, int64_t n,
                                       A scale) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));
+  const Elem f(p.variant);
   TileRow<T> t;
   t.x = p.input + r * p.input_row_stride + c0;
   t.y = p.target + r * p.target_row_stride + c0;
@@ -91,9 +93,9 @@ __device__ __forceinline__ A bce_tile(const BceParams<T>& p, int64_t r, int64_t 
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         A l, g;
-        math::bce_elem<math::ScalarOps<A>>(static_cast<A>(xv.v[k]), static_cast<A>(yv.v[k]),
-                                           t.w ? static_cast<A>(wv.v[k]) : w0,
-                                           t.pw ? static_cast<A>(pv.v[k]) : p0, l, g);
+        f.template apply<math::ScalarOps<A>>(static_cast<A>(xv.v[k]), static_cast<A>(yv.v[k]),
+                                             t.w ? static_cast<A>(wv.v[k]) : w0,
+                                             t.pw ? static_cast<A>(pv.v[k]) : p0, l, g);
         gv.v[k] = from_acc<T>(g * scale);
         lv.v[k] = from_acc<T>(l);
         acc += l;
@@ -104,13 +106,13 @@ __device__ __forceinline__ A bce_tile(const BceParams<T>& p, int64_t r, int64_t 
     done = nvec * V;
     if (t.loss) acc = A(0);  // elementwise mode sums nothing
   }
-  for (int64_t c = done + threadIdx.x; c < n; c += blockDim.x) bce_one(t, c, w0, p0, scale, acc);
+  for (int64_t c = done + threadIdx.x; c < n; c += blockDim.x) bce_one(f, t, c, w0, p0, scale, acc);
   return acc;
 }
 
 // The fused pass. partial: kBlockSum -> gridDim.x values, kTileSum -> rows * tiles_per_row values
-// (acc_t<T>), unused for kElementwise.
-template <class T, int Mode>
+// (acc_t<T>), unused for kElementwise. Elem: the member of the BCE family.
+template <class T, int Mode, class Elem = math::BcePlain>
 __global__ void bce_fused_kernel(const BceParams<T> p, const int64_t tile_cols,
                                  const int64_t tiles_per_row, acc_t<T>* partial) {
   using A = acc_t<T>;
@@ -121,7 +123,7 @@ __global__ void bce_fused_kernel(const BceParams<T> p, const int64_t tile_cols,
     const int64_t r = tile / tiles_per_row;
     const int64_t c0 = (tile - r * tiles_per_row) * tile_cols;
     const int64_t n = p.cols - c0 < tile_cols ? p.cols - c0 : tile_cols;
-    const A acc = bce_tile<T, A>(p, r, c0, n, scale);
+    const A acc = bce_tile<Elem, T, A>(p, r, c0, n, scale);
     if constexpr (Mode == kTileSum) {
       const A s = block_reduce_sum(acc);
       if (threadIdx.x == 0) partial[tile] = s;

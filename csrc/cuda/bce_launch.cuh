@@ -42,20 +42,30 @@ inline BceLaunchShape bce_launch_shape(int64_t rows, int64_t cols, int elem_size
 // `launch(kernel, grid, block, args...)` starts a
 // kernel (CUDA: <<<grid, block, 0, stream>>> + launch check; tests: the SIMT emulator). `out` is
 // the reduced loss (a scalar, or rows values for soft margin 'none'); unused for BCE 'none'.
+// The fused kernel of member Elem in the shape's mode.
+template <class Elem, class T, class Launch>
+void bce_launch_fused(const BceParams<T>& p, const BceLaunchShape& s, acc_t<T>* partial,
+                      Launch&& launch) {
+  if (s.mode == kElementwise) {
+    launch(bce_fused_kernel<T, kElementwise, Elem>, s.grid, s.block, p, s.tile_cols,
+           s.tiles_per_row, partial);
+  } else if (s.mode == kBlockSum) {
+    launch(bce_fused_kernel<T, kBlockSum, Elem>, s.grid, s.block, p, s.tile_cols, s.tiles_per_row,
+           partial);
+  } else {
+    launch(bce_fused_kernel<T, kTileSum, Elem>, s.grid, s.block, p, s.tile_cols, s.tiles_per_row,
+           partial);
+  }
+}
+
 template <class T, class Launch>
 void bce_run(const BceParams<T>& p, const BceLaunchShape& s, acc_t<T>* partial, T* out,
              Launch&& launch) {
   if (s.grid > 0) {
-    if (s.mode == kElementwise) {
-      launch(bce_fused_kernel<T, kElementwise>, s.grid, s.block, p, s.tile_cols, s.tiles_per_row,
-             partial);
-    } else if (s.mode == kBlockSum) {
-      launch(bce_fused_kernel<T, kBlockSum>, s.grid, s.block, p, s.tile_cols, s.tiles_per_row,
-             partial);
-    } else {
-      launch(bce_fused_kernel<T, kTileSum>, s.grid, s.block, p, s.tile_cols, s.tiles_per_row,
-             partial);
-    }
+#define MLC_LAUNCH(K, E) \
+  if (p.variant.kind == K) bce_launch_fused<E>(p, s, partial, launch);
+    MLC_BCE_FAMILY(MLC_LAUNCH)
+#undef MLC_LAUNCH
   }
   if (s.mode == kBlockSum) {
     launch(sum_partials_kernel<T>, int64_t(1), s.block, static_cast<const acc_t<T>*>(partial),

@@ -9,6 +9,7 @@
 #include <cuda/bce_launch.cuh>
 #include <reduction.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <vector>
 
@@ -308,6 +309,168 @@ void run_all(bool small, uint64_t& seed) {
   }
 }
 
+// The modulated member (focal / asymmetric, csrc/math/bce_variants.h) through the same kernels,
+// against an oracle written here in long double (which holds exp(1e4), so no stable rewriting).
+struct ModArgs {
+  double gp, gn, ap, an, clip, eps, ls;
+  bool detach;
+};
+
+// Loss and d loss / dx of one element, and the size of the terms summed (for the tolerance).
+void modulated_oracle(long double x, long double y, long double w, const ModArgs& a,
+                      long double& loss, long double& grad, double& lmag, double& gmag) {
+  using L = long double;
+  y = y * (1 - L(a.ls)) + L(a.ls) / 2;
+  const L p = 1 / (1 + std::exp(-x)), q = 1 / (1 + std::exp(x));
+  const L clip = a.clip, eps = a.eps;
+  L lpos, dlpos, lneg, dlneg;
+  if (a.eps == 0) {
+    lpos = -std::log1p(std::exp(-x));
+    dlpos = q;
+    if (a.clip == 0) {
+      lneg = -std::log1p(std::exp(x));
+      dlneg = -p;
+    } else {
+      const L u = std::min(q + clip, L(1));
+      lneg = std::log(u);
+      dlneg = p > clip ? -p * q / u : 0;
+    }
+  } else {
+    lpos = std::log(std::max(p, eps));
+    dlpos = p >= eps ? q : 0;
+    const L u = a.clip == 0 ? q : std::min(q + clip, L(1));
+    lneg = std::log(std::max(u, eps));
+    dlneg = (u >= eps && p >= clip) ? -p * q / u : 0;
+  }
+  const L ce = -(y * lpos + (1 - y) * lneg), dce = -(y * dlpos + (1 - y) * dlneg);
+  const L b = y * q + (1 - y) * std::max(p - clip, L(0));  // 1 - p_t
+  const L db = -y * p * q + (1 - y) * (p > clip ? p * q : 0);
+  const L gt = a.gp * y + a.gn * (1 - y);
+  const L fw = std::pow(b, gt);
+  const L dfw = (b > 0 && gt > 0) ? gt * std::pow(b, gt - 1) * db : 0;
+  const L at = a.ap * y + a.an * (1 - y);
+  loss = w * at * ce * fw;
+  grad = w * at * (dce * fw + (a.detach ? 0 : ce * dfw));
+  // b = p - clip for a negative near the clip cancels: b's relative error is ulp(p) / b, and b^gt
+  // multiplies it by gt.
+  const L cond = b > 0 ? (y * q + (1 - y) * p) / b : 1;
+  const double k = static_cast<double>(std::fabs(w * at) * (1 + gt * cond));
+  lmag = k * static_cast<double>(fw * (std::fabs(y * lpos) + std::fabs((1 - y) * lneg) + 1));
+  gmag = k * static_cast<double>(fw * (std::fabs(y * dlpos) + std::fabs((1 - y) * dlneg) + 1) +
+                                 std::fabs(ce * dfw));
+}
+
+template <class T>
+void run_modulated_case(int64_t R, int64_t C, int reduction, int wmode, int offset,
+                        const ModArgs& a, int64_t max_grid, uint64_t seed) {
+  using A = acc_t<T>;
+  emu::Rng rng(seed);
+  const int off = offset;
+  std::vector<double> x(R * C), y(R * C);
+  for (int64_t i = 0; i < R * C; ++i) {
+    const double u = rng.uniform();
+    x[i] = u < 0.04 ? (rng.uniform() < 0.5 ? -1e4 : 1e4)
+                    : (u < 0.08 ? (rng.uniform() < 0.5 ? -30.0 : 30.0) : rng.uniform(-8, 8));
+    y[i] = u < 0.5 ? (rng.uniform() < 0.3 ? 1.0 : 0.0) : rng.uniform();
+  }
+  const Operand w = make_weight(wmode, R, C, rng, 0.5, 2.0);
+  std::vector<T> xb = to_buffer<T>(x, off), yb = to_buffer<T>(y, off), wb = to_buffer<T>(w.host, off);
+  BceParams<T> p;
+  p.rows = R;
+  p.cols = C;
+  p.input = xb.data() + off;
+  p.target = yb.data() + off;
+  p.input_row_stride = p.target_row_stride = C;
+  if (!w.host.empty()) {
+    p.weight = wb.data() + off;
+    p.weight_row_stride = w.row_stride;
+    p.weight_col_stride = w.col_stride;
+  }
+  using M = mlc::math::BceModulated;
+  p.variant.kind = mlc::kBceModulated;
+  p.variant.param[M::kGammaPos] = a.gp;
+  p.variant.param[M::kGammaNeg] = a.gn;
+  p.variant.param[M::kAlphaPos] = a.ap;
+  p.variant.param[M::kAlphaNeg] = a.an;
+  p.variant.param[M::kClip] = a.clip;
+  p.variant.param[M::kEps] = a.eps;
+  p.variant.param[M::kSmoothing] = a.ls;
+  p.variant.param[M::kDetach] = a.detach ? 1.0 : 0.0;
+  std::vector<T> grad(R * C + off, T(-777.0f)), loss;
+  if (reduction == mlc::kNone) loss.assign(R * C + off, T(-777.0f));
+  if (R * C > 0) p.grad = grad.data() + off;
+  if (reduction == mlc::kNone && R * C > 0) p.loss = loss.data() + off;
+  const double grad_scale = reduction == mlc::kMean ? 1.0 / static_cast<double>(R * C) : 1.0;
+  p.scales = mlc::loss_scales(reduction, R, C, false);
+  const mlc::cuda::BceLaunchShape s =
+      mlc::cuda::bce_launch_shape(R, C, sizeof(T), reduction, false, 64, max_grid, 0);
+  std::vector<A> partial(s.partials);
+  std::vector<T> out(1, T(-777.0f));
+  mlc::cuda::bce_run(p, s, partial.data(), out.data(), emu_launch);
+
+  const double tol = emu::tolerance<T>();
+  // Focusing weights make values far below 1; half stores them to 2^-24 absolute (subnormals).
+  const double tiny = std::is_same_v<T, Half> ? 0x1p-24 : 0.0;
+  char where[256];
+  std::snprintf(where, sizeof where,
+                "%s modulated R=%" PRId64 " C=%" PRId64 " w=%s red=%d off=%d gp=%g gn=%g a=%g/%g "
+                "clip=%g eps=%g ls=%g detach=%d",
+                emu::type_name<T>(), R, C, wmode_name(wmode), reduction, off, a.gp, a.gn, a.ap,
+                a.an, a.clip, a.eps, a.ls, a.detach);
+  int bad = 0;
+  long double total = 0;
+  double total_mag = 0;
+  for (int64_t i = 0; i < R * C; ++i) {
+    const int64_t r = i / C, c = i % C;
+    const double wv = p.weight ? as_double(p.weight[r * w.row_stride + c * w.col_stride]) : 1.0;
+    long double l, g;
+    double lmag, gmag;
+    modulated_oracle(as_double(xb[off + i]), as_double(yb[off + i]), wv, a, l, g, lmag, gmag);
+    total += l;
+    total_mag += lmag;
+    const double got_g = as_double(grad[off + i]), want_g = static_cast<double>(g) * grad_scale;
+    if (!matches<T>(got_g, want_g, tol, 8 * tol * gmag * grad_scale + tiny) && bad++ < 3)
+      EMU_CHECK(false, "%s grad[%" PRId64 "] = %.9g, want %.9g (x=%g y=%g)", where, i, got_g,
+                want_g, as_double(xb[off + i]), as_double(yb[off + i]));
+    if (reduction == mlc::kNone) {
+      const double got = as_double(loss[off + i]);
+      if (!matches<T>(got, static_cast<double>(l), tol, 8 * tol * lmag + tiny) && bad++ < 3)
+        EMU_CHECK(false, "%s loss[%" PRId64 "] = %.9g, want %.9g", where, i, got,
+                  static_cast<double>(l));
+    }
+  }
+  EMU_CHECK(bad == 0, "%s: %d elementwise mismatches", where, bad);
+  if (reduction != mlc::kNone) {
+    const double n = reduction == mlc::kMean ? static_cast<double>(R * C) : 1.0;
+    const double got = as_double(out[0]), want = static_cast<double>(total) / n;
+    const double sum_tol = std::is_same_v<T, double> ? 1e-12 : 2e-5;
+    EMU_CHECK(matches<T>(got, want, tol, sum_tol * total_mag / n), "%s total %.12g, want %.12g",
+              where, got, want);
+  }
+}
+
+template <class T>
+void run_modulated(bool small, uint64_t& seed) {
+  const ModArgs args[] = {
+      {2, 2, 0.25, 0.75, 0, 0, 0, false},        // focal (torchvision defaults)
+      {0.5, 0.5, 1, 1, 0, 0, 0.1, false},        // focal, gamma < 1, no alpha, label smoothing
+      {1, 4, 1, 1, 0.05, 0, 0, false},           // ASL defaults, stable form
+      {1, 4, 1, 1, 0.05, 1e-8, 0, false},        // ASL, the reference's clamped logs
+      {0, 2, 1, 1, 0.2, 0, 0.2, true},           // ASL, focusing weight detached, smoothing
+  };
+  int i = 0;
+  for (const ModArgs& a : args)
+    for (int red : {mlc::kNone, mlc::kMean, mlc::kSum}) {
+      if (small && (i % 3) != 0) {
+        ++i;
+        continue;
+      }
+      const int64_t R = (i % 2) ? 3 : 1, C = (i % 4) ? 77 : 300;
+      run_modulated_case<T>(R, C, red, i % kWModes, (i / 2) % 2, a, i % 3 == 0 ? 1 : 3, seed++);
+      ++i;
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -351,5 +514,9 @@ int main(int argc, char** argv) {
   if (!small) run_all<double>(small, seed);
   if (!small) run_all<Half>(small, seed);
   run_all<BF16>(small, seed);
+  run_modulated<float>(small, seed);
+  run_modulated<double>(small, seed);
+  if (!small) run_modulated<Half>(small, seed);
+  run_modulated<BF16>(small, seed);
   return emu::finish(small ? "test_bce_emu small" : "test_bce_emu full");
 }
