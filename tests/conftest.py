@@ -51,6 +51,14 @@ def device(request):
     return request.param
 
 
+@pytest.fixture
+def reference_backend():
+    """Run a test with the pure-PyTorch fallback, then restore the default."""
+    multilabel_cuda.set_backend("reference")
+    yield
+    multilabel_cuda.set_backend("auto")
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """Run the test on one backend, then restore the default."""
