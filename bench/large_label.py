@@ -281,6 +281,7 @@ def plot(rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
     cs = [r["c"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     mib = 2 ** 20
@@ -293,6 +294,9 @@ def plot(rows, path):
              label=f"target: weight grad + {MEM_TARGET_NC} N x C")
     ax1.set_xscale("log", base=2)
     ax1.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax1.yaxis.set_major_formatter(plain)
+    ax1.yaxis.set_minor_formatter(plain)
     ax1.set_xlabel("classes C")
     ax1.set_ylabel("peak extra memory, fwd+bwd (MiB)")
     ax1.legend(fontsize=8)
@@ -362,14 +366,14 @@ def parse_args(argv=None):
     p.add_argument("--positives", type=int, default=5, help="positive classes a row (random)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="fused op's classes per chunk (default: its own rule)")
-    p.add_argument("--repeats", type=int, help="timed rounds per C (default 5, --quick 3); cut to "
+    p.add_argument("--repeats", type=int, help="timed rounds per C (default 3); cut to "
                    "fit --case-budget but never below --min-repeats")
     p.add_argument("--min-repeats", type=int, default=3)
     p.add_argument("--min-sample-ms", type=float, help="calls per sample are batched to last this "
                    "long (default 50, --quick 10)")
-    p.add_argument("--case-budget", type=float, help="seconds of timed rounds per C (default 15, "
+    p.add_argument("--case-budget", type=float, help="seconds of timed rounds per C (default 10, "
                    "--quick 3)")
-    p.add_argument("--quick", action="store_true", help="C <= 2^14, fewer repeats")
+    p.add_argument("--quick", action="store_true", help="C <= 2^14, shorter samples")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="skip the torch.compile'd native column")
     p.add_argument("--no-memory", dest="memory", action="store_false",
@@ -384,10 +388,10 @@ def parse_args(argv=None):
     args.max_log2c = args.max_log2c if args.max_log2c is not None else (14 if q else 18)
     if args.min_log2c > args.max_log2c:
         p.error("--min-log2c exceeds --max-log2c")
-    args.repeats = args.repeats or (3 if q else 5)
+    args.repeats = args.repeats or 3
     args.min_repeats = min(args.min_repeats, args.repeats)
     args.min_sample_ms = args.min_sample_ms if args.min_sample_ms is not None else (10 if q else 50)
-    args.case_budget = args.case_budget if args.case_budget is not None else (3 if q else 15)
+    args.case_budget = args.case_budget if args.case_budget is not None else (3 if q else 10)
     return args
 
 
