@@ -294,9 +294,10 @@ def plot(rows, path):
              label=f"target: weight grad + {MEM_TARGET_NC} N x C")
     ax1.set_xscale("log", base=2)
     ax1.set_yscale("log")
-    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    ax1.yaxis.set_major_formatter(plain)
-    ax1.yaxis.set_minor_formatter(plain)
+    # Plain numbers; of the minor ticks only 2x and 5x a power of ten are labelled.
+    ax1.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax1.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+        lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
     ax1.set_xlabel("classes C")
     ax1.set_ylabel("peak extra memory, fwd+bwd (MiB)")
     ax1.legend(fontsize=8)

@@ -2,6 +2,7 @@
 
     python examples/large_label.py                  # 131072 labels, about a minute on 2 CPU cores
     python examples/large_label.py --labels 1024 --epochs 1
+    PYTHONPATH=$PWD python examples/large_label.py  # a built checkout without pip install -e
 
 The data is generated, with a planted structure: every label has a random unit-norm prototype in a
 D-dimensional space, label frequencies follow a Zipf law (as in real extreme multi-label data), and
