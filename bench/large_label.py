@@ -32,7 +32,7 @@ LABELS = {"gemm": "3 GEMMs", "gemm_out": "3 GEMMs out=", "native": "F.linear+BCE
 # Targets of issue 10 item 5.
 TIME_TARGET = 1.15          # fused fwd+bwd <= this x the three GEMMs' time
 MEM_TARGET_NC = 0.1         # peak extra memory <= weight gradient + this x N x C elements
-MEM_TARGET_LOG2C = 18       # ... at C = 2^18 (below, the O(N * chunk) buffers are not small vs N x C)
+MEM_TARGET_LOG2C = 18       # ... at C = 2^18 (below, O(N * chunk) buffers are not small vs N x C)
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -264,15 +264,15 @@ def format_table(rows):
             lines.append(f"    note (2^{r['log2c']}): {note}")
     n, d = (rows[0]["n"], rows[0]["d"]) if rows else (0, 0)
     lines.append(
-        f"N = {n}, D = {d}, float32, forward + backward w.r.t. input and weight, no bias. ms: median "
-        "of interleaved repeats ±IQR/median. GEMMs: x @ W.T, g @ W, g.T @ x as torch.mm with fresh "
-        "outputs; out=: into preallocated ones. x GEMMs / x out=: fused time / theirs (target <= "
-        f"{TIME_TARGET}x GEMMs). x native / x compiled: speedup of fused. peak: extra memory during "
-        "one call (the returned gradients included) in weight sizes (C x D x 4 bytes) and MiB; "
-        f"mem ok: peak <= weight gradient + {MEM_TARGET_NC} N x C floats (the issue sets it at "
-        f"C = 2^{MEM_TARGET_LOG2C}; at smaller C the fused op's N x chunk buffers are not small "
-        "against N x C). >compiled: fused faster than compiled native. rel err: max |fused - native| "
-        "/ max |native| over loss, grad input, grad weight.")
+        f"N = {n}, D = {d}, float32, forward + backward w.r.t. input and weight, no bias. ms: "
+        "median of interleaved repeats ±IQR/median. GEMMs: x @ W.T, g @ W, g.T @ x as torch.mm "
+        "with fresh outputs; out=: into preallocated ones. x GEMMs / x out=: fused time / theirs "
+        f"(target <= {TIME_TARGET}x GEMMs). x native / x compiled: speedup of fused. peak: extra "
+        "memory during one call (the returned gradients included) in weight sizes (C x D x 4 "
+        f"bytes) and MiB; mem ok: peak <= weight gradient + {MEM_TARGET_NC} N x C floats (the "
+        f"issue sets it at C = 2^{MEM_TARGET_LOG2C}; at smaller C the fused op's N x chunk "
+        "buffers are not small against N x C). >compiled: fused faster than compiled native. "
+        "rel err: max |fused - native| / max |native| over loss, grad input, grad weight.")
     return "\n".join(lines)
 
 
@@ -417,7 +417,8 @@ def main(argv=None):
     print(format_table(rows))
     meta = _meta(args, t_start)
     print(f"CPU {meta['cpu']} ({meta['cpu_capability']}, extension built for "
-          f"{meta['extension_isa']}), {meta['threads']} threads; runtime {meta['runtime_s']:.0f} s; "
+          f"{meta['extension_isa']}), {meta['threads']} threads; runtime "
+          f"{meta['runtime_s']:.0f} s; "
           f"load average at start {' '.join(f'{v:.1f}' for v in t_start[1])}, at end "
           f"{' '.join(f'{v:.1f}' for v in meta['loadavg_end'])}")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

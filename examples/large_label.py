@@ -106,7 +106,7 @@ def main(argv=None):
         model.bias.fill_(-torch.log(torch.tensor(float(args.labels))).item())
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
 
-    # Baselines on the held-out samples: chance, and the most frequent training labels for every row.
+    # Held-out baselines: chance, and the most frequent training labels predicted for every row.
     counts = torch.bincount(y_train.reshape(-1), minlength=args.labels)
     popular = counts.topk(5).indices.expand(args.test, 5)
     pop1, pop5 = (float(precision_at_k(popular, test_targets, k)) for k in (1, 5))
