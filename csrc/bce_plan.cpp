@@ -26,9 +26,10 @@ int64_t flat_col_stride(const at::Tensor& v) {
   return (cs == 0 || cs == 1) && rs == cs * cols ? cs : -1;
 }
 
-// Elementwise BCE does not care where rows end: when every operand allows it, treat (rows, cols) as
-// one row of rows*cols, so (N, 1) binary logits or short class dims split into long chunks instead
-// of paying per-row setup (and a partial sum) for every few elements.
+// Elementwise BCE and a sum over all elements (soft margin's 'mean' / 'sum') do not care where rows
+// end: when every operand allows it, treat (rows, cols) as one row of rows*cols, so (N, 1) binary
+// logits or short class dims split into long chunks instead of paying per-row setup (and a
+// partial sum) for every few elements.
 // Input and target must come out with unit column stride (the kernels read them contiguously): an
 // expanded (N, 1) input has evenly spaced rows too, at stride 0, and read as one contiguous row it
 // gave wrong values (found by tests/test_fuzz.py).
@@ -80,7 +81,11 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
   if (weight) plan.weight = as_rows(*weight, shape, plan.rows, plan.cols, true);
   if (pos_weight) plan.pos_weight = as_rows(*pos_weight, shape, plan.rows, plan.cols, true);
 
-  if (!row_mean && plan.rows > 1 && plan.rows * plan.cols > 0) flatten_rows(plan);
+  // The scales are those of the rows and classes the caller sees, also when rows are flattened.
+  plan.scales = loss_scales(reduction, plan.rows, plan.cols, row_mean);
+  if ((!row_mean || reduction != kNone) && plan.rows > 1 && plan.rows * plan.cols > 0) {
+    flatten_rows(plan);
+  }
 
   const auto opts = input.options();
   if (reduction != kNone) {
@@ -91,7 +96,6 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
     plan.loss = empty_output(shape, opts);
   }
   plan.grad = compute_grad ? empty_output({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
-  plan.scales = loss_scales(reduction, plan.rows, plan.cols, row_mean);  // row_mean never flattens
   return plan;
 }
 
