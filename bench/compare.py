@@ -476,7 +476,8 @@ def plot(rows, path):
 
 
 # ----------------------------------------------------------------------------------------------- main
-def _meta(args, t_start):
+def machine_meta(t_start):
+    """Machine, build and load facts every benchmark's JSON records (t_start: (time, loadavg))."""
     import torch
     import multilabel_cuda
     try:
@@ -490,13 +491,22 @@ def _meta(args, t_start):
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except Exception:  # noqa: BLE001
         pass
+    try:
+        ext_isa = str(torch.ops.multilabel_cuda.cpu_isa())
+    except Exception:  # noqa: BLE001
+        ext_isa = None
     return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 argv=sys.argv[1:], git=rev, torch=torch.__version__, python=platform.python_version(),
                 cpu=cpu, cpu_count=os.cpu_count(), threads=torch.get_num_threads(),
+                cpu_capability=torch.backends.cpu.get_cpu_capability(), extension_isa=ext_isa,
                 backend=multilabel_cuda.backend(),
                 cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                 loadavg_start=t_start[1], loadavg_end=os.getloadavg() if hasattr(os, "getloadavg") else None,
-                runtime_s=round(time.time() - t_start[0], 1),
+                runtime_s=round(time.time() - t_start[0], 1))
+
+
+def _meta(args, t_start):
+    return dict(machine_meta(t_start),
                 settings=dict(repeats=args.repeats, min_repeats=args.min_repeats,
                               min_sample_ms=args.min_sample_ms, case_budget_s=args.case_budget,
                               compile=args.compile, reference=args.reference))

@@ -10,15 +10,13 @@ Prints one row per (C, target kind), writes bench/results/large_label.json and a
 memory and time against C beside it (large_label.png).
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
-from .compare import HERE, MEMORY_ENV, _RssProbe, time_interleaved
+from .compare import HERE, MEMORY_ENV, _RssProbe, machine_meta, time_interleaved
 
 # Implementations, in timing order. gemm: torch.mm(x, W.t()), torch.mm(g, W), torch.mm(g.t(), x)
 # with fresh outputs (what F.linear and its backward run); gemm_out: the same into preallocated
@@ -324,30 +322,7 @@ def plot(rows, path):
 
 # ------------------------------------------------------------------------------------------ main
 def _meta(args, t_start):
-    import torch
-    import multilabel_cuda
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-    except Exception:  # noqa: BLE001
-        rev = ""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        ext_isa = str(torch.ops.multilabel_cuda.cpu_isa())
-    except Exception:  # noqa: BLE001
-        ext_isa = None
-    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                argv=sys.argv[1:], git=rev, torch=torch.__version__,
-                python=platform.python_version(), cpu=cpu, cpu_count=os.cpu_count(),
-                cpu_capability=torch.backends.cpu.get_cpu_capability(), extension_isa=ext_isa,
-                threads=torch.get_num_threads(), backend=multilabel_cuda.backend(),
-                loadavg_start=t_start[1], loadavg_end=os.getloadavg(),
-                runtime_s=round(time.time() - t_start[0], 1),
+    return dict(machine_meta(t_start),
                 settings=dict(n=args.n, d=args.d, positives=args.positives,
                               chunk_size=args.chunk_size, repeats=args.repeats,
                               min_repeats=args.min_repeats, min_sample_ms=args.min_sample_ms,
