@@ -512,6 +512,17 @@ def _meta(args, t_start):
                               compile=args.compile, reference=args.reference))
 
 
+def add_timing_options(p, unit, repeats, budget):
+    """The options of time_interleaved, shared by the benchmark CLIs (defaults set by each)."""
+    p.add_argument("--repeats", type=int, help=f"timed rounds per {unit} (default {repeats}); cut "
+                   "to fit --case-budget but never below --min-repeats")
+    p.add_argument("--min-repeats", type=int, default=3)
+    p.add_argument("--min-sample-ms", type=float, help="calls per sample are batched to last this "
+                   "long (default 50, --quick 10)")
+    p.add_argument("--case-budget", type=float, help=f"seconds of timed rounds per {unit} "
+                   f"(default {budget})")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -520,13 +531,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", help="float32, bfloat16, float16, float64 (comma list with --shapes)")
     p.add_argument("--device", default="all", help="cpu, cuda, cpu,cuda or all (default: all available)")
     p.add_argument("--cases", default=",".join(CASE_ORDER), help=f"subset of {','.join(CASE_ORDER)}")
-    p.add_argument("--repeats", type=int, help="timed rounds per case (default 7, --quick 3); cut "
-                   "to fit --case-budget but never below --min-repeats")
-    p.add_argument("--min-repeats", type=int, default=3)
-    p.add_argument("--min-sample-ms", type=float, help="calls per sample are batched to last this "
-                   "long (default 50, --quick 10)")
-    p.add_argument("--case-budget", type=float, help="seconds of timed rounds per row (default 12, "
-                   "--quick 2)")
+    add_timing_options(p, unit="case", repeats="7, --quick 3", budget="12, --quick 2")
     p.add_argument("--quick", action="store_true", help="256x4096 only, few repeats (< 1 min)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="skip the torch.compile'd native column")

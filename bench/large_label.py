@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 
-from .compare import HERE, MEMORY_ENV, _RssProbe, machine_meta, time_interleaved
+from .compare import (HERE, MEMORY_ENV, _RssProbe, add_timing_options, machine_meta,
+                      time_interleaved)
 
 # Implementations, in timing order. gemm: torch.mm(x, W.t()), torch.mm(g, W), torch.mm(g.t(), x)
 # with fresh outputs (what F.linear and its backward run); gemm_out: the same into preallocated
@@ -342,13 +343,7 @@ def parse_args(argv=None):
     p.add_argument("--positives", type=int, default=5, help="positive classes a row (random)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="fused op's classes per chunk (default: its own rule)")
-    p.add_argument("--repeats", type=int, help="timed rounds per C (default 3); cut to "
-                   "fit --case-budget but never below --min-repeats")
-    p.add_argument("--min-repeats", type=int, default=3)
-    p.add_argument("--min-sample-ms", type=float, help="calls per sample are batched to last this "
-                   "long (default 50, --quick 10)")
-    p.add_argument("--case-budget", type=float, help="seconds of timed rounds per C (default 10, "
-                   "--quick 3)")
+    add_timing_options(p, unit="C", repeats="3", budget="10, --quick 3")
     p.add_argument("--quick", action="store_true", help="C <= 2^14, shorter samples")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="skip the torch.compile'd native column")
