@@ -36,6 +36,42 @@ BceVariant bce_variant(int64_t kind, at::ArrayRef<double> params);
 // Output of the op: (loss, grad reshaped as the input, or an empty tensor).
 std::tuple<at::Tensor, at::Tensor> bce_outputs(const BcePlan& plan, const at::Tensor& input);
 
+// The BCE-family ops for one device, whose kernel is Run(plan) (dtype dispatch and launch): the
+// argument mapping is written once for the CPU and CUDA bindings.
+template <void (*Run)(BcePlan&)>
+struct BceOps {
+  using Out = std::tuple<at::Tensor, at::Tensor>;
+  using Opt = std::optional<at::Tensor>;
+
+  static Out bce_with_logits(const at::Tensor& input, const at::Tensor& target, const Opt& weight,
+                             const Opt& pos_weight, int64_t reduction, bool compute_grad) {
+    return run("binary_cross_entropy_with_logits", input, target, weight, pos_weight, reduction,
+               compute_grad, false, BceVariant());
+  }
+  static Out multilabel_soft_margin(const at::Tensor& input, const at::Tensor& target,
+                                    const Opt& weight, int64_t reduction, bool compute_grad) {
+    return run("multilabel_soft_margin_loss", input, target, weight, std::nullopt, reduction,
+               compute_grad, true, BceVariant());
+  }
+  // Any member of the BCE family (csrc/math/bce_variants.h) by kind; no pos_weight.
+  static Out bce_family(const at::Tensor& input, const at::Tensor& target, const Opt& weight,
+                        int64_t kind, at::ArrayRef<double> params, int64_t reduction,
+                        bool compute_grad) {
+    return run("bce_family", input, target, weight, std::nullopt, reduction, compute_grad, false,
+               bce_variant(kind, params));
+  }
+
+ private:
+  static Out run(const char* op, const at::Tensor& input, const at::Tensor& target,
+                 const Opt& weight, const Opt& pos_weight, int64_t reduction, bool compute_grad,
+                 bool row_mean, const BceVariant& variant) {
+    BcePlan plan = make_bce_plan(op, input, target, weight, pos_weight, reduction, compute_grad,
+                                 row_mean, variant);
+    Run(plan);
+    return bce_outputs(plan, input);
+  }
+};
+
 template <class T>
 BceParams<T> BcePlan::params() const {
   BceParams<T> p;

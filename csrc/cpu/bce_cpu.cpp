@@ -142,47 +142,18 @@ void bce_cpu_impl(BcePlan& plan) {
   *plan.loss.mutable_data_ptr<T>() = static_cast<T>(total * P.scales.loss);
 }
 
-std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& input,
-                                       const at::Tensor& target,
-                                       const std::optional<at::Tensor>& weight,
-                                       const std::optional<at::Tensor>& pos_weight,
-                                       int64_t reduction, bool compute_grad, bool row_mean,
-                                       const BceVariant& variant = BceVariant()) {
-  BcePlan plan = make_bce_plan(op, input, target, weight, pos_weight, reduction, compute_grad,
-                               row_mean, variant);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bce_cpu",
+void bce_cpu(BcePlan& plan) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, plan.input.scalar_type(), "bce_cpu",
                                   [&] { bce_cpu_impl<scalar_t>(plan); });
-  return bce_outputs(plan, input);
 }
 
-std::tuple<at::Tensor, at::Tensor> bce_with_logits_cpu(
-    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& pos_weight, int64_t reduction, bool compute_grad) {
-  return run("binary_cross_entropy_with_logits", input, target, weight, pos_weight, reduction,
-             compute_grad, false);
-}
-
-std::tuple<at::Tensor, at::Tensor> multilabel_soft_margin_cpu(
-    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    int64_t reduction, bool compute_grad) {
-  return run("multilabel_soft_margin_loss", input, target, weight, std::nullopt, reduction,
-             compute_grad, true);
-}
-
-// Any member of the BCE family (csrc/math/bce_variants.h) by kind; no pos_weight.
-std::tuple<at::Tensor, at::Tensor> bce_family_cpu(const at::Tensor& input, const at::Tensor& target,
-                                                const std::optional<at::Tensor>& weight,
-                                                int64_t kind, at::ArrayRef<double> params,
-                                                int64_t reduction, bool compute_grad) {
-  return run("bce_family", input, target, weight, std::nullopt, reduction, compute_grad, false,
-             bce_variant(kind, params));
-}
+using Ops = BceOps<&bce_cpu>;
 
 }  // namespace
 }  // namespace mlc::cpu
 
 TORCH_LIBRARY_IMPL(multilabel_cuda, CPU, m) {
-  m.impl("bce_with_logits", &mlc::cpu::bce_with_logits_cpu);
-  m.impl("multilabel_soft_margin", &mlc::cpu::multilabel_soft_margin_cpu);
-  m.impl("bce_family", &mlc::cpu::bce_family_cpu);
+  m.impl("bce_with_logits", &mlc::cpu::Ops::bce_with_logits);
+  m.impl("multilabel_soft_margin", &mlc::cpu::Ops::multilabel_soft_margin);
+  m.impl("bce_family", &mlc::cpu::Ops::bce_family);
 }

@@ -33,48 +33,19 @@ void bce_cuda_impl(BcePlan& plan) {
           });
 }
 
-std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& input,
-                                       const at::Tensor& target,
-                                       const std::optional<at::Tensor>& weight,
-                                       const std::optional<at::Tensor>& pos_weight,
-                                       int64_t reduction, bool compute_grad, bool row_mean,
-                                       const BceVariant& variant = BceVariant()) {
-  const c10::cuda::CUDAGuard guard(input.device());
-  BcePlan plan = make_bce_plan(op, input, target, weight, pos_weight, reduction, compute_grad,
-                               row_mean, variant);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bce_cuda",
+void bce_cuda(BcePlan& plan) {
+  const c10::cuda::CUDAGuard guard(plan.input.device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, plan.input.scalar_type(), "bce_cuda",
                                   [&] { bce_cuda_impl<scalar_t>(plan); });
-  return bce_outputs(plan, input);
 }
 
-std::tuple<at::Tensor, at::Tensor> bce_with_logits_cuda(
-    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& pos_weight, int64_t reduction, bool compute_grad) {
-  return run("binary_cross_entropy_with_logits", input, target, weight, pos_weight, reduction,
-             compute_grad, false);
-}
-
-std::tuple<at::Tensor, at::Tensor> multilabel_soft_margin_cuda(
-    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    int64_t reduction, bool compute_grad) {
-  return run("multilabel_soft_margin_loss", input, target, weight, std::nullopt, reduction,
-             compute_grad, true);
-}
-
-// Any member of the BCE family (csrc/math/bce_variants.h) by kind; no pos_weight.
-std::tuple<at::Tensor, at::Tensor> bce_family_cuda(const at::Tensor& input, const at::Tensor& target,
-                                                const std::optional<at::Tensor>& weight,
-                                                int64_t kind, at::ArrayRef<double> params,
-                                                int64_t reduction, bool compute_grad) {
-  return run("bce_family", input, target, weight, std::nullopt, reduction, compute_grad, false,
-             bce_variant(kind, params));
-}
+using Ops = BceOps<&bce_cuda>;
 
 }  // namespace
 }  // namespace mlc::cuda
 
 TORCH_LIBRARY_IMPL(multilabel_cuda, CUDA, m) {
-  m.impl("bce_with_logits", &mlc::cuda::bce_with_logits_cuda);
-  m.impl("multilabel_soft_margin", &mlc::cuda::multilabel_soft_margin_cuda);
-  m.impl("bce_family", &mlc::cuda::bce_family_cuda);
+  m.impl("bce_with_logits", &mlc::cuda::Ops::bce_with_logits);
+  m.impl("multilabel_soft_margin", &mlc::cuda::Ops::multilabel_soft_margin);
+  m.impl("bce_family", &mlc::cuda::Ops::bce_family);
 }
