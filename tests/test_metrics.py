@@ -37,11 +37,10 @@ def test_linear_topk_exact_with_ties(n, d, c, chunk, bias):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("chunk", [1, 7, 64, 100, None])
-def test_linear_topk_random(dtype, chunk):
+def test_linear_topk_random(dtype, chunk, device):
     gen = torch.Generator().manual_seed(7)
-    x = torch.randn(9, 16, generator=gen, dtype=dtype)
-    w = torch.randn(64, 16, generator=gen, dtype=dtype)
-    b = torch.randn(64, generator=gen, dtype=dtype)
+    x, w, b = (torch.randn(*shape, generator=gen, dtype=dtype).to(device)
+               for shape in ((9, 16), (64, 16), (64,)))
     full = F.linear(x, w, b)
     for k in (1, 2, 5, 63, 64):
         v, i = MF.linear_topk(x, w, k, b, chunk_size=chunk)
@@ -125,7 +124,7 @@ def _metric_case(n, c, kk, seed):
 
 
 @pytest.mark.parametrize("form", ["sparse", "dense", "soft", "dense_int"])
-def test_precision_and_ndcg(form):
+def test_precision_and_ndcg(form, device):
     n, c, kk = 12, 15, 6
     pred, positives = _metric_case(n, c, kk, 11)
     dense = torch.zeros(n, c)
@@ -139,6 +138,7 @@ def test_precision_and_ndcg(form):
         targets = dense.long()
     else:
         targets = dense
+    pred, targets = pred.to(device), targets.to(device)
     for k in range(1, kk + 1):
         p = MF.precision_at_k(pred, targets, k)
         g = MF.ndcg_at_k(pred, targets, k)

@@ -300,6 +300,11 @@ def _weights(kind, shape, dtype, gen):
     return w, p
 
 
+def _on(device, *objs):
+    """Tensors / SparseTargets moved to `device` (None stays None)."""
+    return tuple(None if o is None else o.to(device) for o in objs)
+
+
 def _check_parity(ours, native, x, reduction, dtype):
     """Loss and input gradient (for a random upstream gradient) of ours vs native."""
     xa = x.clone().requires_grad_()
@@ -307,7 +312,7 @@ def _check_parity(ours, native, x, reduction, dtype):
     a, b = ours(xa), native(xb)
     assert a.dtype == b.dtype and a.shape == b.shape
     torch.testing.assert_close(a, b, **tol(dtype))
-    up = torch.rand(a.shape, dtype=a.dtype) + 0.5
+    up = torch.rand(a.shape, dtype=a.dtype, device=a.device) + 0.5
     ga, = torch.autograd.grad(a, xa, up)
     gb, = torch.autograd.grad(b, xb, up)
     torch.testing.assert_close(ga, gb, **tol(dtype))
@@ -318,10 +323,10 @@ def _check_parity(ours, native, x, reduction, dtype):
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("weights", WEIGHTS)
 @pytest.mark.parametrize("soft", [False, True])
-def test_bce_matches_dense(shape, dtype, reduction, weights, soft):
+def test_bce_matches_dense(shape, dtype, reduction, weights, soft, device):
     gen = _gen((shape, str(dtype), reduction, weights, soft))
-    st, x = _case(shape, dtype, soft, gen)
-    w, p = _weights(weights, shape, dtype, gen)
+    st, x = _on(device, *_case(shape, dtype, soft, gen))
+    w, p = _on(device, *_weights(weights, shape, dtype, gen))
     dense = st.to_dense(dtype)
     _check_parity(lambda x: MF.binary_cross_entropy_with_logits(x, st, w, reduction=reduction, pos_weight=p),
                   lambda x: F.binary_cross_entropy_with_logits(x, dense, w, reduction=reduction, pos_weight=p),
@@ -333,10 +338,10 @@ def test_bce_matches_dense(shape, dtype, reduction, weights, soft):
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("weights", ["none", "w_c", "w_n1", "w_scalar"])
 @pytest.mark.parametrize("soft", [False, True])
-def test_soft_margin_matches_dense(shape, dtype, reduction, weights, soft):
+def test_soft_margin_matches_dense(shape, dtype, reduction, weights, soft, device):
     gen = _gen((shape, str(dtype), reduction, weights, soft))
-    st, x = _case(shape, dtype, soft, gen)
-    w, _ = _weights(weights, shape, dtype, gen)
+    st, x = _on(device, *_case(shape, dtype, soft, gen))
+    w, = _on(device, _weights(weights, shape, dtype, gen)[0])
     dense = st.to_dense(dtype)
     _check_parity(lambda x: MF.multilabel_soft_margin_loss(x, st, w, reduction=reduction),
                   lambda x: F.multilabel_soft_margin_loss(x, dense, w, reduction=reduction),
@@ -346,15 +351,15 @@ def test_soft_margin_matches_dense(shape, dtype, reduction, weights, soft):
 @pytest.mark.parametrize("shape", [(6, 13), (13,), (1, 1), (4, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_margin_matches_dense(shape, dtype, reduction):
+def test_margin_matches_dense(shape, dtype, reduction, device):
     gen = _gen((shape, str(dtype), reduction))
-    st, x = _case(shape, dtype, False, gen)
+    st, x = _on(device, *_case(shape, dtype, False, gen))
     c = shape[-1]
     # Native takes a (N, C) target cut at the first -1; duplicates would count twice there, so the
     # oracle is given each row's distinct classes (what the dense target says).
     rows = [sorted(set(r)) for r in padded_rows(st.to_padded())]
     full = torch.tensor([r + [-1] * (c - len(r)) for r in rows])
-    full = full.reshape(-1) if len(shape) == 1 else full
+    full = (full.reshape(-1) if len(shape) == 1 else full).to(device)
     _check_parity(lambda x: MF.multilabel_margin_loss(x, st, reduction=reduction),
                   lambda x: F.multilabel_margin_loss(x, full, reduction=reduction),
                   x, reduction, dtype)
