@@ -172,9 +172,12 @@ def test_frozen_input_encoder_and_partial(kind):
     opts = one_group(dict(lr=0.1, momentum=0.9))
     run_steps(kind, x.detach(), w, b, target, "mean", 3, opts)
     run_steps(kind, x.detach(), w, b, target, "mean", 3, opts, encoder=True)
-    b0 = b.detach().clone()
+    b0, w0 = b.detach().clone(), w.detach().clone()
     run_steps(kind, x, w, b.detach(), target, "mean", 3, opts)
     torch.testing.assert_close(b.detach(), b0, rtol=0, atol=0)
+    frozen = w0.clone()
+    run_steps(kind, x, frozen, b, target, "sum", 3, opts)  # a frozen weight, the bias stepped
+    torch.testing.assert_close(frozen, w0, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -213,6 +216,37 @@ def test_half_parameters(kind, dtype):
         for a, e in ((x.grad, x2.grad), (w, w2), (b, b2),
                      (opt.state[w]["momentum_buffer"], opt2.state[w2]["momentum_buffer"])):
             torch.testing.assert_close(a, e, **tol)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_modules_parameters_and_scheduler(kind):
+    """The modules' update=, nn.Linear's Parameters, an lr scheduler changing the group's lr
+    between steps, and a state_dict that torch.optim.SGD loads (the same state)."""
+    n, d, c = 5, 4, 11
+    target = make_target(kind, n, c)
+    module = {"bce": multilabel_cuda.LinearBCEWithLogitsLoss,
+              "soft_margin": multilabel_cuda.LinearMultiLabelSoftMarginLoss,
+              "margin": multilabel_cuda.LinearMultiLabelMarginLoss}[kind](chunk_size=4)
+    heads = [torch.nn.Linear(d, c, dtype=torch.float64) for _ in range(2)]
+    heads[1].load_state_dict(heads[0].state_dict())
+    opts = [torch.optim.SGD(h.parameters(), lr=0.5, momentum=0.9) for h in heads]
+    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5) for o in opts]
+    x = torch.randn(n, d, dtype=torch.float64)
+    for _ in range(3):
+        for o in opts:
+            o.zero_grad()
+        module(x, heads[0].weight, target, heads[0].bias, update=opts[0]).backward()
+        native(kind, x, heads[1].weight, heads[1].bias, target, "mean").backward()
+        for o, s in zip(opts, scheds):
+            o.step()
+            s.step()
+    for a, e in zip(heads[0].parameters(), heads[1].parameters()):
+        torch.testing.assert_close(a, e)
+    restored = torch.optim.SGD(heads[1].parameters(), lr=0.5, momentum=0.9)
+    restored.load_state_dict(opts[0].state_dict())
+    for p in heads[1].parameters():
+        torch.testing.assert_close(restored.state[p]["momentum_buffer"],
+                                   opts[1].state[p]["momentum_buffer"])
 
 
 def test_no_grad_and_nothing_to_step():
