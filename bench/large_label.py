@@ -1,6 +1,7 @@
-"""Large label spaces: multilabel_cuda's fused linear + BCE against F.linear + native BCE (eager
-and torch.compile'd) and against the three GEMMs alone, forward + backward, N = D = 256, float32,
-C = 2^12 .. 2^18 (targets: issue 10 item 5; column meanings: bench/README.md).
+"""Large label spaces: multilabel_cuda's fused linear + BCE (also with the SGD step fused in,
+update=) against F.linear + native BCE (eager and torch.compile'd) and against the three GEMMs
+alone, forward + backward, N = D = 256, float32, C = 2^12 .. 2^18 (targets: issue 10 item 5;
+column meanings: bench/README.md).
 
     python -m bench.large_label                   # C = 2^12 .. 2^18 (about 5 minutes on 2 cores)
     python -m bench.large_label --quick           # C <= 2^14, fewer repeats
@@ -22,15 +23,17 @@ from .compare import (HERE, MEMORY_ENV, _RssProbe, add_timing_options, machine_m
 # Implementations, in timing order. gemm: torch.mm(x, W.t()), torch.mm(g, W), torch.mm(g.t(), x)
 # with fresh outputs (what F.linear and its backward run); gemm_out: the same into preallocated
 # outputs (the arithmetic alone).
-IMPLS = ("gemm", "gemm_out", "native", "compiled", "fused_dense", "fused_sparse")
-FUSED = ("fused_dense", "fused_sparse")
-MEMORY_IMPLS = ("native", "fused_dense", "fused_sparse")
+IMPLS = ("gemm", "gemm_out", "native", "compiled", "fused_dense", "fused_sparse", "fused_update")
+FUSED = ("fused_dense", "fused_sparse", "fused_update")  # fused_update: dense target, update=SGD
+MEMORY_IMPLS = ("native", "fused_dense", "fused_sparse", "fused_update")
 LABELS = {"gemm": "3 GEMMs", "gemm_out": "3 GEMMs out=", "native": "F.linear+BCE",
-          "compiled": "compiled", "fused_dense": "fused dense", "fused_sparse": "fused sparse"}
+          "compiled": "compiled", "fused_dense": "fused dense", "fused_sparse": "fused sparse",
+          "fused_update": "fused + SGD update"}
 
 # Targets of issue 10 item 5.
 TIME_TARGET = 1.15          # fused fwd+bwd <= this x the three GEMMs' time
 MEM_TARGET_NC = 0.1         # peak extra memory <= weight gradient + this x N x C elements
+                            # (fused_update: <= this x N x C elements, no weight gradient)
 MEM_TARGET_LOG2C = 18       # ... at C = 2^18 (below, O(N * chunk) buffers are not small vs N x C)
 
 
@@ -98,6 +101,13 @@ def make_steps(inp, impls, chunk_size=None, notes=None):
         elif impl == "fused_sparse":
             def step():
                 return grads(fused(x, w, inp.sparse, chunk_size=chunk_size))
+        elif impl == "fused_update":
+            # Plain SGD (no optimizer state); W is stepped in forward, x gets its gradient.
+            opt = torch.optim.SGD([w], lr=1e-3)
+
+            def step(opt=opt):
+                loss = fused(x, w, inp.dense, chunk_size=chunk_size, update=opt)
+                return (loss.detach(), *torch.autograd.grad(loss, (x,)))
         else:
             raise ValueError(impl)
         steps[impl] = step
@@ -194,17 +204,19 @@ def derive(row):
     row["peak_weights"] = {k: v / wb for k, v in row["peak_bytes"].items()}
     # weight gradient + 0.1 N x C float32 elements
     row["mem_target_bytes"] = wb + MEM_TARGET_NC * row["n"] * row["c"] * 4
+    row["mem_update_target_bytes"] = MEM_TARGET_NC * row["n"] * row["c"] * 4
     checks = {}
     for impl in FUSED:
         t = ms.get(impl)
         peak = row["peak_bytes"].get(impl)
+        target = row["mem_update_target_bytes" if impl == "fused_update" else "mem_target_bytes"]
         checks[impl] = dict(
             x_gemm=t / ms["gemm"] if t and "gemm" in ms else None,
             x_gemm_out=t / ms["gemm_out"] if t and "gemm_out" in ms else None,
             speedup_vs_native=ms["native"] / t if t and "native" in ms else None,
             speedup_vs_compiled=ms["compiled"] / t if t and "compiled" in ms else None,
             time_ok=(t <= TIME_TARGET * ms["gemm"]) if t and "gemm" in ms else None,
-            mem_ok=(peak <= row["mem_target_bytes"]) if peak is not None else None,
+            mem_ok=(peak <= target) if peak is not None else None,
             faster_than_compiled=(t < ms["compiled"]) if t and "compiled" in ms else None)
     row["checks"] = checks
     row["baselines_x_gemm"] = {k: ms[k] / ms["gemm"] for k in ("gemm_out", "native", "compiled")
@@ -268,7 +280,8 @@ def format_table(rows):
         "with fresh outputs; out=: into preallocated ones. x GEMMs / x out=: fused time / theirs "
         f"(target <= {TIME_TARGET}x GEMMs). x native / x compiled: speedup of fused. peak: extra "
         "memory during one call (the returned gradients included) in weight sizes (C x D x 4 "
-        f"bytes) and MiB; mem ok: peak <= weight gradient + {MEM_TARGET_NC} N x C floats (the "
+        f"bytes) and MiB; mem ok: peak <= weight gradient + {MEM_TARGET_NC} N x C floats, for "
+        f"update (the SGD step fused in, no weight gradient) <= {MEM_TARGET_NC} N x C floats (the "
         f"issue sets it at C = 2^{MEM_TARGET_LOG2C}; at smaller C the fused op's N x chunk "
         "buffers are not small against N x C). >compiled: fused faster than compiled native. "
         "rel err: max |fused - native| / max |native| over loss, grad input, grad weight.")
@@ -284,13 +297,16 @@ def plot(rows, path):
     cs = [r["c"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     mib = 2 ** 20
-    for impl, style in (("native", "o-"), ("fused_dense", "s-"), ("fused_sparse", "^--")):
+    for impl, style in (("native", "o-"), ("fused_dense", "s-"), ("fused_sparse", "^--"),
+                        ("fused_update", "v-")):
         pts = [(r["c"], r["peak_bytes"][impl] / mib) for r in rows if impl in r["peak_bytes"]]
         if pts:
             ax1.plot(*zip(*pts), style, label=LABELS[impl])
     ax1.plot(cs, [r["weight_bytes"] / mib for r in rows], "k:", label="weight (= its gradient)")
     ax1.plot(cs, [r["mem_target_bytes"] / mib for r in rows], "r--", lw=0.9,
              label=f"target: weight grad + {MEM_TARGET_NC} N x C")
+    ax1.plot(cs, [r["mem_update_target_bytes"] / mib for r in rows], "m--", lw=0.9,
+             label=f"target with update: {MEM_TARGET_NC} N x C")
     ax1.set_xscale("log", base=2)
     ax1.set_yscale("log")
     # Plain numbers; of the minor ticks only 2x and 5x a power of ten are labelled.
@@ -302,7 +318,7 @@ def plot(rows, path):
     ax1.legend(fontsize=8)
     ax1.grid(True, which="both", alpha=0.3)
     for impl, style in (("native", "o-"), ("compiled", "d-"), ("fused_dense", "s-"),
-                        ("fused_sparse", "^--"), ("gemm_out", "k:")):
+                        ("fused_sparse", "^--"), ("fused_update", "v-"), ("gemm_out", "k:")):
         pts = [(r["c"], r["median_ms"][impl] / r["median_ms"]["gemm"]) for r in rows
                if impl in r["median_ms"] and "gemm" in r["median_ms"]]
         if pts:

@@ -18,8 +18,21 @@ Autograd goes through torch.library custom ops (``multilabel_cuda::linear_bce``,
 * reduction 'none' (and a retained graph's second backward, and create_graph=True): the upstream is
   not a scalar, so ``linear_loss_backward`` streams the chunks again with it;
 * double backward is refused with an error (``linear_loss_backward`` has no derivative).
+
+The fused SGD update (``update=`` a torch.optim.SGD; the semantics are in
+``linear_binary_cross_entropy_with_logits``'s docstring): the same stream, but each block of weight
+rows (and bias entries) is stepped by SGD's rule (torch's own, ``_SGDRows``) as soon as its gradient
+exists, after the chunk's input gradient used the old rows, so no C x D gradient is ever stored.
+Two ops: ``linear_loss_sgd_`` (called under no_grad, like an optimizer's step; it mutates weight,
+bias and their momentum buffers) returns the loss and input's gradient, and
+``linear_loss_sgd_output`` puts the loss in the autograd graph: its backward checks the upstream is
+1 and hands input its gradient; weight and bias get none. Per row the step needs nothing global, so it
+works on a shard of the classifier's rows as well.
 """
+import bisect
+
 import torch
+from torch.optim.sgd import sgd as _torch_sgd
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _backend, _ops, reference
@@ -121,30 +134,109 @@ class _Targets:
         return self.dense.narrow(1, c0, n).to(self.dtype)
 
 
+class _SGDRows:
+    """torch.optim.SGD's step on rows of one parameter, made as soon as their gradient exists (the
+    fused update). `sgd` is the parameter group's (lr, momentum, dampening, weight_decay, nesterov,
+    maximize) and whether the parameter has no momentum buffer yet (its first step), packed by
+    ``_sgd_state``. The rule is torch's own, ``torch.optim.sgd.sgd`` in its single-tensor form:
+    rows are independent in it, so stepping a parameter a block of rows at a time is its step. The
+    gradient is rounded to the parameter's dtype first, as autograd's ``.grad`` would be."""
+
+    def __init__(self, param, momentum_buffer, sgd):
+        lr, momentum, dampening, weight_decay, nesterov, maximize, first = sgd
+        self.param, self.buf, self.first = param, momentum_buffer, bool(first)
+        self.hyper = dict(lr=lr, momentum=momentum, dampening=dampening,
+                          weight_decay=weight_decay, nesterov=bool(nesterov),
+                          maximize=bool(maximize))
+
+    def _sgd(self, param, grad, buf):
+        bufs = [None if self.first else buf]  # None: SGD's first step, buffer = gradient
+        _torch_sgd([param], [grad.to(param.dtype)], bufs, foreach=False, **self.hyper)
+        if self.first and buf is not None:
+            buf.copy_(bufs[0])
+
+    def save(self, idx):
+        """Copies of rows `idx` of the parameter and its momentum buffer, for `restore`."""
+        return [t.index_select(0, idx) for t in (self.param, self.buf) if t is not None]
+
+    def step_rows(self, r0, m, grad):
+        """Steps rows [r0, r0 + m) with their gradient `grad`."""
+        self._sgd(self.param.narrow(0, r0, m), grad,
+                  self.buf.narrow(0, r0, m) if self.buf is not None else None)
+
+    def step_index(self, idx, grad):
+        """Steps the rows `idx` (unique) with their gradient `grad`."""
+        p, *b = self.save(idx)
+        self._sgd(p, grad, b[0] if b else None)
+        self.restore(idx, [p, *b])
+
+    def restore(self, idx, saved):
+        for t, s in zip((t for t in (self.param, self.buf) if t is not None), saved):
+            t.index_copy_(0, idx, s)
+
+
 class _Grads:
     """Accumulates the three gradients chunk by chunk. `scale` (a Python float) is folded into the
     GEMMs' alpha; a tensor `upstream` (backward of reduction 'none') multiplies the chunk gradient
-    (per row: (N, 1); per element: the chunk's columns of an (N, C) upstream)."""
+    (per row: (N, 1); per element: the chunk's columns of an (N, C) upstream).
 
-    def __init__(self, x, input, weight, bias, need, scale, cdt):
+    With `update` (an _SGDRows for weight and one for bias, or None): the fused SGD update. The
+    weight's and bias's gradients are made a block of rows at a time into block-sized buffers and
+    those rows are stepped at once, after the chunk's input gradient used their old values; no
+    C x D gradient exists. Rows named by `defer` (the margin loss's positive classes, which get
+    more gradient at the end) keep their gradient in a small buffer and are stepped by `finish`."""
+
+    _UPDATE_BYTES = 1 << 20  # the weight gradient of one block of stepped rows: 1 MiB
+
+    def __init__(self, x, input, weight, bias, need, scale, cdt, update=None):
         need_input, need_weight, need_bias = need
         self.x, self.scale, self.cdt = x, scale, cdt
         n_rows, d = x.shape
         self.gi = x.new_zeros(n_rows, d) if need_input else None
-        self.gw = torch.empty_like(weight, memory_format=torch.contiguous_format) \
-            if need_weight else None
-        self.gb = torch.empty_like(bias) if need_bias and bias is not None else None
+        self.up_w, self.up_b = update if update is not None else (None, None)
+        self.update = update is not None
+        self.gw = self.gb = None
+        if self.update:
+            self.block = max(1, self._UPDATE_BYTES // (d * x.element_size()))
+            self.gw_block = x.new_empty(min(self.block, weight.size(0)), d) if self.up_w else None
+            self.gb_block = x.new_empty(min(self.block, weight.size(0))) if self.up_b else None
+        else:
+            self.gw = torch.empty_like(weight, memory_format=torch.contiguous_format) \
+                if need_weight else None
+            self.gb = torch.empty_like(bias) if need_bias and bias is not None else None
+        self.deferred = self.d_gw = self.d_gb = None
         self.input_dtype = input.dtype
         self._scaled_ones = None
 
     def any(self):
-        return self.gi is not None or self.gw is not None or self.gb is not None
+        return self.gi is not None or self.want_weight() or self.want_bias()
+
+    def want_weight(self):
+        return self.gw is not None or self.up_w is not None
+
+    def want_bias(self):
+        return self.gb is not None or self.up_b is not None
+
+    def _ones(self, grad):
+        if self._scaled_ones is None:
+            self._scaled_ones = grad.new_full((grad.size(0),), self.scale)
+        return self._scaled_ones
 
     def add_chunk(self, grad, w_chunk, c0, n):
         """grad: (N, n) d loss / d logits of columns [c0, c0 + n), before `scale`."""
         s = self.scale
         if self.gi is not None:
             self.gi.addmm_(grad, w_chunk, alpha=s)
+        if self.update:
+            for j0 in range(0, n, self.block):
+                m = min(self.block, n - j0)
+                g = grad.narrow(1, j0, m)
+                gw = self.gw_block.narrow(0, 0, m).addmm_(g.t(), self.x, beta=0, alpha=s) \
+                    if self.up_w else None
+                gb = torch.mv(g.t(), self._ones(grad), out=self.gb_block.narrow(0, 0, m)) \
+                    if self.up_b else None
+                self._step(c0 + j0, m, gw, gb)
+            return
         if self.gw is not None:
             rows = self.gw.narrow(0, c0, n)
             if rows.dtype == self.cdt:
@@ -152,13 +244,58 @@ class _Grads:
             else:
                 rows.copy_(torch.mm(grad.t(), self.x).mul_(s))
         if self.gb is not None:  # column sums as a GEMV with the scale folded into its vector
-            if self._scaled_ones is None:
-                self._scaled_ones = grad.new_full((grad.size(0),), s)
             entries = self.gb.narrow(0, c0, n)
             if entries.dtype == self.cdt:
-                torch.mv(grad.t(), self._scaled_ones, out=entries)
+                torch.mv(grad.t(), self._ones(grad), out=entries)
             else:
-                entries.copy_(torch.mv(grad.t(), self._scaled_ones))
+                entries.copy_(torch.mv(grad.t(), self._ones(grad)))
+
+    def defer(self, classes):
+        """Rows whose step waits for `finish` (fused update): `classes`, any order or repeats."""
+        self.deferred = torch.unique(classes)  # sorted
+        self._deferred_list = self.deferred.tolist()  # the one host read: bounds of every block
+        k = self.deferred.numel()
+        self.d_gw = self.x.new_zeros(k, self.x.size(1)) if self.up_w else None
+        self.d_gb = self.x.new_zeros(k) if self.up_b else None
+
+    def _step(self, r0, m, gw, gb):
+        lo = hi = 0
+        if self.deferred is not None:
+            lo = bisect.bisect_left(self._deferred_list, r0)
+            hi = bisect.bisect_left(self._deferred_list, r0 + m)
+        idx = self.deferred[lo:hi] if hi > lo else None
+        for sgd, g, dg in ((self.up_w, gw, self.d_gw), (self.up_b, gb, self.d_gb)):
+            if sgd is None:
+                continue
+            if idx is None:
+                sgd.step_rows(r0, m, g)
+                continue
+            dg[lo:hi] = g.index_select(0, idx - r0)  # their gradient so far; their rows kept
+            saved = sgd.save(idx)
+            sgd.step_rows(r0, m, g)
+            sgd.restore(idx, saved)
+
+    def add_rows(self, classes, gw_rows, gb_entries):
+        """Adds gradient to weight rows / bias entries `classes` (repeats add up); gw_rows /
+        gb_entries are None where that gradient is not wanted."""
+        if self.update:
+            pos = torch.searchsorted(self.deferred, classes.contiguous())
+            gw, gb = self.d_gw, self.d_gb
+        else:
+            pos, gw, gb = classes, self.gw, self.gb
+        if gw_rows is not None:
+            gw.index_add_(0, pos, gw_rows.to(gw.dtype))
+        if gb_entries is not None:
+            gb.index_add_(0, pos, gb_entries.to(gb.dtype))
+
+    def finish(self):
+        """Steps the deferred rows with their whole gradient."""
+        if self.deferred is None or self.deferred.numel() == 0:
+            return
+        if self.up_w is not None:
+            self.up_w.step_index(self.deferred, self.d_gw)
+        if self.up_b is not None:
+            self.up_b.step_index(self.deferred, self.d_gb)
 
     def results(self, input, weight, bias):
         empty = input.new_empty(0)
@@ -197,13 +334,14 @@ def _logits(buf, x, weight, bias, c0, n, cdt):
 
 
 def _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction, chunk, need,
-                upstream=None):
+                upstream=None, update=None):
     """Loss (in input's dtype) and the gradients (input, weight, bias) for an upstream of 1, or of
     `upstream` when given (then the loss is not needed and not returned)."""
     rows, classes = input.size(0), weight.size(0)
     cdt = _compute_dtype(input.dtype)
     x = input.to(cdt)
-    grads = _Grads(x, input, weight, bias, need, _global_scale(kind, reduction, rows, classes), cdt)
+    grads = _Grads(x, input, weight, bias, need, _global_scale(kind, reduction, rows, classes), cdt,
+                   update)
     compute_grad = grads.any()
     pw = pos_weight.to(cdt) if pos_weight is not None else None
     per_element = reduction == NONE and kind == BCE and upstream is None
@@ -261,7 +399,8 @@ def _positives(x, weight, bias, idx, valid, cdt, slot_block):
     return scores
 
 
-def _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream=None):
+def _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream=None,
+                   update=None):
     """Multi-label margin: loss_r = sum_{j target} sum_{i not target} max(0, 1 - x[y_j] + x[i]) / C.
     First the positives' scores, then the chunks: per chunk and target slot, the hinge of every
     column against that slot's score (torch ops, O(N * chunk * K) per chunk: meant for the small K
@@ -278,7 +417,9 @@ def _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream
     slots = int(valid.sum(1).max()) if valid.numel() else 0  # slots past it are never valid
     idx, valid = idx[:, :slots], valid[:, :slots]
     grads = _Grads(x, input, weight, bias, need, _global_scale(MARGIN, reduction, rows, classes),
-                   cdt)
+                   cdt, update)
+    if grads.update:  # a positive's row gets gradient at the end too: stepped then
+        grads.defer(idx[valid])
     compute_grad = grads.any()
     slot_block = max(1, chunk // max(1, input.size(1)))
     scores = _positives(x, weight, bias, idx, valid, cdt, slot_block)
@@ -327,23 +468,25 @@ def _add_positive_grads(grads, x, weight, idx, valid, counts, upstream, slot_blo
         gk, ik = g[:, k0:k1], idx[:, k0:k1]
         if grads.gi is not None:
             grads.gi += torch.bmm(gk.unsqueeze(1), weight[ik].to(cdt)).squeeze(1)
-        flat = ik.reshape(-1)
-        if grads.gw is not None:
-            contrib = gk.reshape(-1, 1) * x[row_ids.expand_as(ik).reshape(-1)]
-            grads.gw.index_add_(0, flat, contrib.to(grads.gw.dtype))
-        if grads.gb is not None:
-            grads.gb.index_add_(0, flat, gk.reshape(-1).to(grads.gb.dtype))
+        grads.add_rows(ik.reshape(-1),
+                       gk.reshape(-1, 1) * x[row_ids.expand_as(ik).reshape(-1)]
+                       if grads.want_weight() else None,
+                       gk.reshape(-1) if grads.want_bias() else None)
 
 
 def _run(kind, input, weight, bias, target, indices, offsets, values, pos_weight, reduction, chunk,
-         need, upstream=None):
+         need, upstream=None, update=None):
     with torch.no_grad():
         if kind == MARGIN:
-            return _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream)
-        targets = _Targets(target, indices, offsets, values, weight.size(0),
-                           _compute_dtype(input.dtype))
-        return _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction, chunk, need,
-                           upstream)
+            loss, grads = _stream_margin(input, weight, bias, target, reduction, chunk, need,
+                                         upstream, update)
+        else:
+            targets = _Targets(target, indices, offsets, values, weight.size(0),
+                               _compute_dtype(input.dtype))
+            loss, grads = _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction,
+                                      chunk, need, upstream, update)
+        grads.finish()
+        return loss, grads
 
 
 # ---- the ops ------------------------------------------------------------------------------------
@@ -403,6 +546,34 @@ def _linear_loss_backward(upstream: torch.Tensor, input: torch.Tensor, weight: t
     return grads.results(input, weight, bias)
 
 
+@torch.library.custom_op(f"{_LIB}::linear_loss_sgd_",
+                         mutates_args=("weight", "bias", "weight_momentum", "bias_momentum"))
+def _linear_loss_sgd(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     target: torch.Tensor | None, indices: torch.Tensor | None,
+                     offsets: torch.Tensor | None, values: torch.Tensor | None,
+                     pos_weight: torch.Tensor | None, kind: int, reduction: int, chunk_size: int,
+                     need_input: bool, weight_momentum: torch.Tensor | None,
+                     bias_momentum: torch.Tensor | None, weight_sgd: list[float],
+                     bias_sgd: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss with the SGD step of weight and bias fused in: returns (loss, input's gradient for
+    an upstream of 1) and steps weight (bias) in place when weight_sgd (bias_sgd) is not empty
+    (_SGDRows's fields), their momentum buffers with them."""
+    update = (_SGDRows(weight, weight_momentum, weight_sgd) if weight_sgd else None,
+              _SGDRows(bias, bias_momentum, bias_sgd) if bias_sgd and bias is not None else None)
+    loss, grads = _run(kind, input, weight, bias, target, indices, offsets, values, pos_weight,
+                       reduction, chunk_size, (need_input, False, False), update=update)
+    return loss, grads.results(input, weight, bias)[0]
+
+
+@torch.library.custom_op(f"{_LIB}::linear_loss_sgd_output", mutates_args=())
+def _linear_loss_sgd_output(loss: torch.Tensor, grad_input: torch.Tensor, input: torch.Tensor,
+                            weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The loss of linear_loss_sgd_ in the autograd graph: its backward gives input the gradient
+    computed in forward (weight and bias, already stepped, get none). weight and bias are inputs
+    so that the loss requires grad when only they do (frozen features)."""
+    return loss.clone()
+
+
 def _fake_grads(input, weight, bias, need_input, need_weight, need_bias):
     gi = input.new_empty(input.shape if need_input else (0,))
     gw = weight.new_empty(weight.shape if need_weight else (0,))
@@ -441,6 +612,18 @@ def _(input, weight, bias, target, reduction, chunk_size, need_input, need_weigh
 def _(upstream, input, weight, bias, target, indices, offsets, values, pos_weight, kind,
       reduction, chunk_size, need_input, need_weight, need_bias):
     return _fake_grads(input, weight, bias, need_input, need_weight, need_bias)
+
+
+@_linear_loss_sgd.register_fake
+def _(input, weight, bias, target, indices, offsets, values, pos_weight, kind, reduction,
+      chunk_size, need_input, weight_momentum, bias_momentum, weight_sgd, bias_sgd):
+    return (_fake_loss(kind, input, weight, reduction),
+            input.new_empty(input.shape if need_input else (0,)))
+
+
+@_linear_loss_sgd_output.register_fake
+def _(loss, grad_input, input, weight, bias):
+    return torch.empty_like(loss)
 
 
 def _plain(*tensors):
@@ -531,6 +714,38 @@ def _setup_backward(ctx, inputs, output):
 _linear_loss_backward.register_autograd(_no_double_backward, setup_context=_setup_backward)
 
 
+def _setup_sgd_output(ctx, inputs, output):
+    ctx.kept = inputs[1]
+
+
+def _sgd_output_backward(ctx, grad_loss):
+    """The fused update stepped weight and bias with the gradient of an upstream of exactly 1
+    (loss.backward()); any other upstream is refused: a scaled loss would have needed a scaled
+    step. On CUDA the check is torch._assert_async (no host sync: a device-side assert)."""
+    if torch.is_grad_enabled():
+        _no_double_backward(ctx)
+    torch._assert_async(grad_loss == 1, _UPSTREAM_ERROR)
+    kept = ctx.kept
+    if kept is None:
+        raise RuntimeError("multilabel_cuda: backward through a fused-update linear loss a second "
+                           "time (retain_graph=True): its SGD step is made once, in forward")
+    if _plain(grad_loss, kept):
+        ctx.kept = None
+        gi = _scale_(kept, grad_loss) if kept.numel() else kept
+    else:
+        gi = kept * grad_loss
+    return None, None, gi if ctx.needs_input_grad[2] else None, None, None
+
+
+_UPSTREAM_ERROR = ("multilabel_cuda: a fused-update linear loss (update=...) must be "
+                   "backpropagated with an upstream gradient of exactly 1 (loss.backward() on it "
+                   "or on a plain sum with it): its SGD step was made in forward with that "
+                   "gradient; a scaled loss (loss * k, gradient accumulation, GradScaler) cannot "
+                   "be honoured")
+
+_linear_loss_sgd_output.register_autograd(_sgd_output_backward, setup_context=_setup_sgd_output)
+
+
 # ---- public functions ---------------------------------------------------------------------------
 
 def _fail(fn, msg):
@@ -613,14 +828,92 @@ def _needs(input, weight, bias, reduction):
             on and bias is not None and bias.requires_grad)
 
 
+def _sgd_state(fn, update, weight, bias, reduction):
+    """For each of weight and bias: (its momentum buffer or None, its _SGDRows fields, or [] when it
+    is not stepped: None, not requiring grad, or grad disabled). None when nothing is stepped."""
+    if not isinstance(update, torch.optim.SGD):
+        _fail(fn, f"update must be a torch.optim.SGD (or None), got {type(update).__name__}")
+    if reduction == NONE:
+        _fail(fn, "reduction 'none' cannot be used with update=: the fused SGD step needs the "
+                  "gradient of the reduced loss")
+    groups = {p: g for g in update.param_groups for p in g["params"]}
+    out = []
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is None or not (torch.is_grad_enabled() and p.requires_grad):
+            out.append((None, []))
+            continue
+        if p.grad_fn is not None:
+            _fail(fn, f"{name} must be a leaf tensor (a parameter) to be stepped in place, but it "
+                      "is computed from other tensors")
+        group = groups.get(p)
+        if group is None:
+            _fail(fn, f"{name} is not a parameter of the update optimizer")
+        if p.grad is not None:
+            _fail(fn, f"{name}.grad is set: update.step() would step {name} a second time; call "
+                      "update.zero_grad() (set_to_none=True) before the fused-update loss")
+        if group.get("differentiable"):
+            _fail(fn, "update with differentiable=True is not supported")
+        buf = update.state[p].get("momentum_buffer") if group["momentum"] != 0 else None
+        first = group["momentum"] != 0 and buf is None
+        if first:  # SGD's first step makes the buffer (a clone of the gradient)
+            buf = torch.empty_like(p)
+        out.append((buf, [float(group["lr"]), group["momentum"], group["dampening"],
+                          group["weight_decay"], group["nesterov"], group["maximize"], first]))
+    return out if out[0][1] or out[1][1] else None
+
+
+def _loss(fn, kind, input, weight, bias, target_args, reduction, chunk, update):
+    """The public functions' call: the forward op of `kind` or, with an update optimizer stepping
+    weight or bias, the fused update. target_args: (target, indices, offsets, values,
+    pos_weight), None where the loss has no such argument."""
+    state = _sgd_state(fn, update, weight, bias, reduction) if update is not None else None
+    if state is None:
+        op, n_target = {BCE: (torch.ops.multilabel_cuda.linear_bce, 5),
+                        SOFT_MARGIN: (torch.ops.multilabel_cuda.linear_soft_margin, 4),
+                        MARGIN: (torch.ops.multilabel_cuda.linear_margin, 1)}[kind]
+        return op(input, weight, bias, *target_args[:n_target], reduction, chunk,
+                  *_needs(input, weight, bias, reduction))[0]
+    (w_buf, w_sgd), (b_buf, b_sgd) = state
+    need_input = torch.is_grad_enabled() and input.requires_grad
+    with torch.no_grad():  # an optimizer's step: weight and bias are changed outside autograd
+        loss, gi = torch.ops.multilabel_cuda.linear_loss_sgd_(
+            input, weight, bias, *target_args, kind, reduction, chunk, need_input, w_buf, b_buf,
+            w_sgd, b_sgd)
+    for p, buf, sgd in ((weight, w_buf, w_sgd), (bias, b_buf, b_sgd)):
+        if sgd and sgd[-1]:
+            update.state[p]["momentum_buffer"] = buf
+    return torch.ops.multilabel_cuda.linear_loss_sgd_output(loss, gi, input, weight, bias)
+
+
 def linear_binary_cross_entropy_with_logits(input, weight, target, bias=None, pos_weight=None,
-                                            reduction="mean", chunk_size=None):
+                                            reduction="mean", chunk_size=None, *, update=None):
     """binary_cross_entropy_with_logits(F.linear(input, weight, bias), target, pos_weight=...,
     reduction=...) without the N x C logits (module docstring). input (N, D), weight (C, D),
     bias (C,) or None, target (N, C) floating or a SparseTargets, pos_weight broadcastable to
     (N, C). float16/bfloat16 input and weight compute in float32. chunk_size: classes per chunk,
     None for ``default_chunk_size``; the result does not depend on it beyond rounding. No gradient
-    w.r.t. target or pos_weight."""
+    w.r.t. target or pos_weight.
+
+    update: None, or a ``torch.optim.SGD`` whose param groups hold weight (and bias): the fused
+    update. The call then also makes the optimizer's step for weight and bias, a block of rows at a
+    time as soon as their gradient exists, so the C x D weight gradient is never stored (memory
+    O(N * chunk + N * D) besides the optimizer's momentum buffers). Parameters and momentum
+    buffers come out as from ``loss.backward(); update.step()`` on the loss of F.linear (the
+    group's lr, momentum, dampening, weight_decay, nesterov, maximize; torch's single-tensor rule,
+    in the parameter's dtype, on the gradient rounded to it), with these differences:
+
+    * the step is made in forward: the call is the training step of weight and bias. Under
+      torch.no_grad(), or for a parameter that does not require grad, there is no step;
+    * weight and bias get no ``.grad``, so ``update.step()`` skips them and steps the optimizer's
+      other parameters (the encoder that made input), whose gradients backward gives as usual;
+    * the loss must be backpropagated with an upstream gradient of exactly 1 (``loss.backward()``,
+      also on a sum with other losses): otherwise backward raises (on CUDA ``torch._assert_async``,
+      a device-side assert, to avoid a host sync), as it does for a second backward
+      (retain_graph); a scaled loss (loss * k, gradient accumulation, GradScaler) cannot be
+      honoured, and reduction 'none' is refused;
+    * weight and bias must be leaves that reach the loss only through this call, with ``.grad``
+      None (else ``update.step()`` would step them again); an op that saved them for its backward
+      (shared weights) raises autograd's error about a tensor modified in place."""
     fn = _FN_NAMES[BCE]
     red = _reduction_code(reduction)
     chunk = _check_args(fn, input, weight, bias, chunk_size)
@@ -641,16 +934,15 @@ def linear_binary_cross_entropy_with_logits(input, weight, target, bias=None, po
             _fail(fn, f"pos_weight of shape {tuple(pos_weight.shape)} is not broadcastable to "
                       f"(N, C) = {shape}")
         _check_no_grad(fn, "pos_weight", pos_weight)
-    return torch.ops.multilabel_cuda.linear_bce(input, weight, bias, dense, indices, offsets,
-                                                values, pos_weight, red, chunk,
-                                                *_needs(input, weight, bias, red))[0]
+    return _loss(fn, BCE, input, weight, bias, (dense, indices, offsets, values, pos_weight), red,
+                 chunk, update)
 
 
 def linear_multilabel_soft_margin_loss(input, weight, target, bias=None, reduction="mean",
-                                       chunk_size=None):
+                                       chunk_size=None, *, update=None):
     """multilabel_soft_margin_loss(F.linear(input, weight, bias), target, reduction=...) without
-    the N x C logits; arguments as linear_binary_cross_entropy_with_logits (target (N, C) floating
-    or integer 0/1, or a SparseTargets)."""
+    the N x C logits; arguments (update= included) as linear_binary_cross_entropy_with_logits
+    (target (N, C) floating or integer 0/1, or a SparseTargets)."""
     fn = _FN_NAMES[SOFT_MARGIN]
     red = _reduction_code(reduction)
     chunk = _check_args(fn, input, weight, bias, chunk_size)
@@ -659,17 +951,19 @@ def linear_multilabel_soft_margin_loss(input, weight, target, bias=None, reducti
     else:
         dense, indices, offsets, values = _dense_target(fn, target, input, weight, True), \
             None, None, None
-    return torch.ops.multilabel_cuda.linear_soft_margin(input, weight, bias, dense, indices,
-                                                        offsets, values, red, chunk,
-                                                        *_needs(input, weight, bias, red))[0]
+    return _loss(fn, SOFT_MARGIN, input, weight, bias, (dense, indices, offsets, values, None),
+                 red, chunk, update)
 
 
 def linear_multilabel_margin_loss(input, weight, target, bias=None, reduction="mean",
-                                  chunk_size=None):
+                                  chunk_size=None, *, update=None):
     """multilabel_margin_loss(F.linear(input, weight, bias), target, reduction=...) without the
     N x C logits. target: (N, K) integer class indices with K <= C, a row's positives being those
     before its first -1 (K = C is torch.nn's format), or a SparseTargets (values are ignored). The
-    hinge terms are computed per chunk and target slot: O(N * C * K) work, for small K."""
+    hinge terms are computed per chunk and target slot: O(N * C * K) work, for small K. update: as
+    linear_binary_cross_entropy_with_logits; the rows of the batch's positive classes get gradient
+    at the end too, so their step waits for it (their gradient kept meanwhile: O(N * K * D); one
+    host read of those classes, as the target check makes)."""
     fn = _FN_NAMES[MARGIN]
     red = _reduction_code(reduction)
     chunk = _check_args(fn, input, weight, bias, chunk_size)
@@ -687,8 +981,8 @@ def linear_multilabel_margin_loss(input, weight, target, bias=None, reduction="m
                 and target.size(1) <= weight.size(0)):
             _fail(fn, f"target of shape {tuple(target.shape)} does not fit (N, K) with N = "
                       f"{input.size(0)} and K <= C = {weight.size(0)}")
-    return torch.ops.multilabel_cuda.linear_margin(input, weight, bias, target, red, chunk,
-                                                   *_needs(input, weight, bias, red))[0]
+    return _loss(fn, MARGIN, input, weight, bias, (target, None, None, None, None), red, chunk,
+                 update)
 
 
 # ---- modules ------------------------------------------------------------------------------------
@@ -705,31 +999,33 @@ class _LinearLoss(torch.nn.Module):
 
 class LinearBCEWithLogitsLoss(_LinearLoss):
     """BCEWithLogitsLoss of ``F.linear(input, weight, bias)``, called as
-    ``loss_fn(input, weight, target, bias=None)`` with an existing nn.Linear's parameters."""
+    ``loss_fn(input, weight, target, bias=None)`` with an existing nn.Linear's parameters;
+    ``update=opt`` (a torch.optim.SGD) fuses its step for weight and bias in (see
+    linear_binary_cross_entropy_with_logits)."""
 
     def __init__(self, pos_weight=None, reduction="mean", chunk_size=None):
         super().__init__(reduction, chunk_size)
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(self, input, weight, target, bias=None):
+    def forward(self, input, weight, target, bias=None, *, update=None):
         return linear_binary_cross_entropy_with_logits(input, weight, target, bias,
                                                        self.pos_weight, self.reduction,
-                                                       self.chunk_size)
+                                                       self.chunk_size, update=update)
 
 
 class LinearMultiLabelSoftMarginLoss(_LinearLoss):
     """MultiLabelSoftMarginLoss of ``F.linear(input, weight, bias)``, called as
     ``loss_fn(input, weight, target, bias=None)``."""
 
-    def forward(self, input, weight, target, bias=None):
+    def forward(self, input, weight, target, bias=None, *, update=None):
         return linear_multilabel_soft_margin_loss(input, weight, target, bias, self.reduction,
-                                                  self.chunk_size)
+                                                  self.chunk_size, update=update)
 
 
 class LinearMultiLabelMarginLoss(_LinearLoss):
     """MultiLabelMarginLoss of ``F.linear(input, weight, bias)``, called as
     ``loss_fn(input, weight, target, bias=None)``."""
 
-    def forward(self, input, weight, target, bias=None):
+    def forward(self, input, weight, target, bias=None, *, update=None):
         return linear_multilabel_margin_loss(input, weight, target, bias, self.reduction,
-                                             self.chunk_size)
+                                             self.chunk_size, update=update)
