@@ -10,8 +10,8 @@ rows and of its own weight/bias shard. The weight may also be a DTensor sharded 
 1-D mesh.
 
 How (docs/design.md, "Label sharding"): BCE and soft margin are sums over classes, so each rank
-runs the single-process fused loss on its classes (reduction 'sum', scaled by the global count)
-and the partial losses are summed; the margin loss first sums the (N, K) positives' scores over the
+runs the single-process fused loss on its classes (its reduction times C_r / C) and the partial
+losses are summed; the margin loss first sums the (N, K) positives' scores over the
 ranks (each positive's row lives on one rank), then each rank streams its own classes against them,
 and the positives' hinge counts are summed before their gradient is added by their owner.
 Communication is torch.distributed collectives (gloo, NCCL) wrapped in autograd Functions as in
@@ -393,7 +393,7 @@ def _sharded_loss(kind, fn, input, weight, target, bias, pos_weight, reduction, 
                                                      pos_weight, reduction, class_range, group,
                                                      batch, chunk_size)
     x = _region_input(input, plan, batch)
-    red, n = _reduction_code(reduction), x.size(0)
+    red = _reduction_code(reduction)
     if kind == MARGIN:
         grad_on = torch.is_grad_enabled()
         need = (grad_on and x.requires_grad, grad_on and weight.requires_grad,
@@ -401,18 +401,15 @@ def _sharded_loss(kind, fn, input, weight, target, bias, pos_weight, reduction, 
         part = _ShardedMargin.apply(x, weight, bias, _margin_target(target, plan, batch), red,
                                     chunk, plan, need)
         return _SumOverRanks.apply(part, plan.group)
-    # Per-class sums: the local loss with reduction 'sum', scaled to the global reduction (soft
-    # margin's 'sum' divides by the local C_r; its rows' mean is over the global C).
-    scale = 1.0 if kind == BCE else plan.length / plan.classes
-    if red == MEAN:
-        count = n * plan.classes if kind == BCE else n
-        scale = scale / count if count else float("nan")
+    # Sums over classes: the local loss with the same reduction, times C_r / C (a row's mean and
+    # the mean over N x C are over the global C), but BCE's plain sum.
+    scale = 1.0 if kind == BCE and red != MEAN else plan.length / plan.classes
     t = _shard_target(target, plan, batch)
     if kind == BCE:
         part = _linear.linear_binary_cross_entropy_with_logits(x, weight, t, bias, pos_weight,
-                                                               "sum", chunk)
+                                                               reduction, chunk)
     else:
-        part = _linear.linear_multilabel_soft_margin_loss(x, weight, t, bias, "sum", chunk)
+        part = _linear.linear_multilabel_soft_margin_loss(x, weight, t, bias, reduction, chunk)
     return _SumOverRanks.apply(part * scale, plan.group)
 
 

@@ -68,6 +68,9 @@ def _loss_cases():
     for kind in ("bce", "margin"):
         cases.append(dict(kind=kind, target="sparse", batch="replicated", reduction="mean",
                           bias=True, pos_weight=False, chunk=None, dtensor=True))
+    for kind in ("bce", "soft_margin", "margin"):
+        cases.append(dict(kind=kind, target="dense", batch="data_parallel", reduction="sum",
+                          bias=False, pos_weight=kind == "bce", chunk=None, module=True))
     return {"-".join(f"{k}={v}" for k, v in c.items() if v not in (False, None)): c
             for c in cases}
 
@@ -119,6 +122,12 @@ def _run_loss_case(c, rank, world):
           "margin": mld.sharded_linear_multilabel_margin_loss}[c["kind"]]
     if c["kind"] == "bce":
         kw["pos_weight"] = pw[start:stop] if c["pos_weight"] else None
+    if c.get("module"):
+        cls = {"bce": mld.ShardedLinearBCEWithLogitsLoss,
+               "soft_margin": mld.ShardedLinearMultiLabelSoftMarginLoss,
+               "margin": mld.ShardedLinearMultiLabelMarginLoss}[c["kind"]]
+        fn = cls(**kw)
+        kw = {}
     loss = fn(xl, wl, t, bl, **kw)
     loss.backward()
 
