@@ -143,7 +143,8 @@ def main(argv=None):
             step_time += time.perf_counter() - ts
             steps += 1
             batches += 1
-        p1, p5 = evaluate(x_test, y_test, weight, bias, args.labels, 1024, args.chunk_size, rank, world)
+        p1, p5 = evaluate(x_test, y_test, weight, bias, args.labels, 1024, args.chunk_size, rank,
+                          world)
         say(f"{epoch:>5} {total / batches:>9.4f} {p1:>6.3f} {p5:>6.3f} {peak_mib():>9.0f} "
             f"{time.perf_counter() - t:>7.1f}")
         sys.stdout.flush()

@@ -268,14 +268,19 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
     s.update(shard_rows=weight.size(0) if isinstance(weight, torch.Tensor) and weight.dim() == 2
              else 0)
     s.update(dtype=_dtype_code(input), features=input.size(-1), bias=bias is not None,
-             pos_weight=pos_weight is not None, rows=input.size(0) if input.dim() == 2 else -1,
-             input_grad=torch.is_grad_enabled() and input.requires_grad)
+             pos_weight=pos_weight is not None, rows=input.size(0))
     if kind == TOPK:
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             _fail(fn, f"k must be an int >= 0, got {k!r}")
         return s
+    s.update(input_grad=torch.is_grad_enabled() and input.requires_grad)
     if red == NONE:
         _fail(fn, "reduction 'none' is not supported by the sharded losses ('mean' or 'sum')")
+    if pos_weight is not None:
+        if not isinstance(pos_weight, torch.Tensor) or pos_weight.dim() > 1 or \
+                pos_weight.numel() not in (1, weight.size(0)):
+            _fail(fn, f"pos_weight must be this rank's ({weight.size(0)},) entries or one value, "
+                      f"got {getattr(pos_weight, 'shape', type(pos_weight).__name__)}")
     if isinstance(target, SparseTargets):
         if target.vector or target.shape[0] != input.size(0):
             _fail(fn, f"target of shape {tuple(target.shape)} does not have input's "
@@ -306,11 +311,6 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
                                                and not target.is_complex())):
             _fail(fn, f"target must be a floating-point tensor, got {target.dtype}")
         s.update(target_classes=target.size(1))
-    if pos_weight is not None:
-        if not isinstance(pos_weight, torch.Tensor) or pos_weight.dim() > 1 or \
-                pos_weight.numel() not in (1, weight.size(0)):
-            _fail(fn, f"pos_weight must be this rank's ({weight.size(0)},) entries or one value, "
-                      f"got {getattr(pos_weight, 'shape', type(pos_weight).__name__)}")
     return s
 
 
