@@ -155,6 +155,7 @@ def main(argv=None):
     for r, s in enumerate(every):
         say(f"rank {r}: train peak {s[0]:.0f} MiB, step {s[1]:.0f} ms (forward + backward + SGD)")
     say(f"total {time.perf_counter() - t0:.1f} s")
+    dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
     return 0
 

@@ -11,7 +11,11 @@ import traceback
 
 import pytest
 import torch
+import torch.distributed
 import torch.nn.functional as F
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
+                                reason="torch built without torch.distributed")
 
 C, D, N = 11, 5, 6  # classes, features, rows (all ranks' rows together in data-parallel cases)
 SHARDS = {2: [7, 4], 3: [2, 6, 3]}  # uneven class shards, in rank order
