@@ -466,6 +466,8 @@ def sharded_linear_topk(input, weight, k, bias=None, class_range=None, group=Non
     fn = "sharded_linear_topk"
     weight, bias, _, chunk, plan = _prepare(fn, TOPK, input, weight, None, bias, None, None,
                                             class_range, group, batch, chunk_size, k)
+    if k == 0:  # every rank agreed on k
+        return linear_topk(input, weight, 0)
     with torch.no_grad():
         dp = batch == "data_parallel"
         x = _gather_rows(input, plan.rows, plan.group) if dp else input
@@ -500,7 +502,8 @@ def sharded_precision_at_k(topk_indices, targets, k, group=None, batch="replicat
         _fail("sharded_precision_at_k", f"batch must be 'replicated' or 'data_parallel', got "
                                         f"{batch!r}")
     rows = topk_indices.size(0) if topk_indices.dim() == 2 else 1
-    acc = torch.tensor([float(p) * rows, rows], dtype=torch.float64, device=topk_indices.device)
+    acc = torch.tensor([float(p) * rows if rows else 0.0, rows], dtype=torch.float64,
+                       device=topk_indices.device)
     dist.all_reduce(acc, group=group)
     return (acc[0] / acc[1]).to(p.dtype)
 

@@ -174,6 +174,8 @@ def _run_topk_case(case, rank, world):
                                    chunk_size=2)
     rv, ri = torch.sort(F.linear(x, w, b), dim=1, descending=True, stable=True)
     assert torch.equal(v, rv[r0:r1, :k]) and torch.equal(i, ri[r0:r1, :k]), (v, i, rv, ri)
+    v0, i0 = mld.sharded_linear_topk(x[r0:r1], w[start:stop], 0, batch=batch)
+    assert v0.shape == i0.shape == (r1 - r0, 0)
     targets = SparseTargets.from_padded(_problem()[4], C)
     full = precision_at_k(ri[:, :k], targets, 3)
     mine = SparseTargets.from_padded(_problem()[4][r0:r1], C)
