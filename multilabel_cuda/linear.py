@@ -279,6 +279,8 @@ class _Grads:
         """Adds gradient to weight rows / bias entries `classes` (repeats add up); gw_rows /
         gb_entries are None where that gradient is not wanted."""
         if self.update:
+            if self.deferred.numel() == 0:  # no positive row here (a shard): only zeros to add
+                return
             pos = torch.searchsorted(self.deferred, classes.contiguous())
             gw, gb = self.d_gw, self.d_gb
         else:
@@ -400,29 +402,40 @@ def _positives(x, weight, bias, idx, valid, cdt, slot_block):
 
 
 def _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream=None,
-                   update=None):
+                   update=None, shard=None):
     """Multi-label margin: loss_r = sum_{j target} sum_{i not target} max(0, 1 - x[y_j] + x[i]) / C.
     First the positives' scores, then the chunks: per chunk and target slot, the hinge of every
     column against that slot's score (torch ops, O(N * chunk * K) per chunk: meant for the small K
     of multi-label targets). A column's gradient is its number of active hinges; a positive's is
     minus the number of its active hinges over all chunks, added at the end through its weight row.
+
+    shard (multilabel_cuda.distributed's label sharding): weight holds the global classes
+    [shard.start, shard.start + C_r) of shard.classes, target's indices are global, and
+    shard.all_reduce sums the positives' scores and hinge counts over the ranks; the loss and
+    gradients returned are this rank's share (the caller sums them).
     """
     rows, classes = input.size(0), weight.size(0)
+    start, total = (shard.start, shard.classes) if shard is not None else (0, classes)
     cdt = _compute_dtype(input.dtype)
     x = input.to(cdt)
-    _check_margin_target(target, classes)
+    _check_margin_target(target, total)
     t = target.to(torch.int64)
     valid = torch.cumprod((t != -1).to(torch.int64), dim=1).bool()
     idx = torch.where(valid, t, 0)
     slots = int(valid.sum(1).max()) if valid.numel() else 0  # slots past it are never valid
     idx, valid = idx[:, :slots], valid[:, :slots]
-    grads = _Grads(x, input, weight, bias, need, _global_scale(MARGIN, reduction, rows, classes),
+    own = valid & (idx >= start) & (idx < start + classes)  # positives whose row is here
+    own_idx = torch.where(own, idx - start, 0)
+    grads = _Grads(x, input, weight, bias, need, _global_scale(MARGIN, reduction, rows, total),
                    cdt, update)
     if grads.update:  # a positive's row gets gradient at the end too: stepped then
-        grads.defer(idx[valid])
+        grads.defer(own_idx[own])
     compute_grad = grads.any()
+    count = compute_grad or shard is not None  # every rank's counts make a shard's positives' grad
     slot_block = max(1, chunk // max(1, input.size(1)))
-    scores = _positives(x, weight, bias, idx, valid, cdt, slot_block)
+    scores = _positives(x, weight, bias, own_idx, own, cdt, slot_block)
+    if shard is not None:
+        shard.all_reduce(scores)
     one_minus = 1 - scores
     row_loss = x.new_zeros(rows)
     counts = x.new_zeros(rows, slots)  # active hinges of each target slot
@@ -430,7 +443,7 @@ def _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream
     buf = x.new_empty(rows * min(chunk, classes))
     for c0, n in _chunks(classes, chunk):
         logits, w = _logits(buf, x, weight, bias, c0, n, cdt)
-        local = idx - c0
+        local = idx - (start + c0)
         inside = valid & (local >= 0) & (local < n)
         hits = hit_buf.narrow(0, 0, rows * n).view(rows, n).zero_()
         is_target = hits.scatter_add_(1, torch.where(inside, local, 0), inside.to(torch.int32)) > 0
@@ -439,15 +452,18 @@ def _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream
             z = one_minus[:, k:k + 1] + logits
             active = (z > 0) & ~is_target & valid[:, k:k + 1]
             row_loss += torch.where(active, z, 0).sum(1)
-            if compute_grad:
+            if count:
                 a = active.to(cdt)
-                grad += a
+                if compute_grad:
+                    grad += a
                 counts[:, k] += a.sum(1)
         if compute_grad:
             grads.add_chunk(_chunk_upstream(grad, upstream, c0, n), w, c0, n)
+    if shard is not None and slots:
+        shard.all_reduce(counts)
     if compute_grad and slots:
-        _add_positive_grads(grads, x, weight, idx, valid, counts, upstream, slot_block, cdt)
-    loss = row_loss / classes
+        _add_positive_grads(grads, x, weight, own_idx, own, counts, upstream, slot_block, cdt)
+    loss = row_loss / total
     if reduction == MEAN:
         loss = loss.mean()
     elif reduction == SUM:

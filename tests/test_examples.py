@@ -36,3 +36,25 @@ def test_large_label_learns():
     assert p1 > max(0.3, float(baseline.group(1)) + 0.1), out
     assert p5 > float(baseline.group(2)), out
     assert peak > 0
+
+
+def _table(out):
+    """The epoch rows' (epoch, loss, P@1, P@5) as printed."""
+    return [line.split()[:4] for line in out.splitlines() if re.match(r"\s*\d+\s+[-\d]", line)]
+
+
+def test_sharded_large_label_matches_single_process():
+    args = ["--labels", "1024", "--epochs", "2", "--train", "1024", "--test", "256", "--dim", "32"]
+    single = _run("large_label.py", *args)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2",
+                           os.path.join(ROOT, "examples", "sharded_large_label.py"), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 ranks (gloo)" in proc.stdout, proc.stdout
+    rows = _table(proc.stdout)
+    assert [r[0] for r in rows] == ["0", "1", "2"], proc.stdout
+    assert rows == _table(single), proc.stdout + single
+    assert re.search(r"rank 1: train peak \d+ MiB, step \d+ ms", proc.stdout), proc.stdout
