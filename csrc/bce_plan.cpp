@@ -99,6 +99,62 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
   return plan;
 }
 
+BcePlan make_bce_chunk_plan(const at::Tensor& logits, const std::optional<at::Tensor>& target,
+                            const std::optional<at::Tensor>& indices,
+                            const std::optional<at::Tensor>& offsets,
+                            const std::optional<at::Tensor>& values, int64_t first,
+                            const std::optional<at::Tensor>& pos_weight, int64_t reduction,
+                            bool row_mean) {
+  const char* op = "bce_chunk_";
+  check_kernel_input(op, logits);
+  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble, op,
+              ": logits must be float32 or float64, got ", logits.scalar_type());
+  TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous(), op,
+              ": logits must be a contiguous (rows, cols) tensor, got shape ", logits.sizes());
+  TORCH_CHECK(reduction == kNone || reduction == kSum, op,
+              ": reduction must be 0 (none) or 2 (sum), got ", reduction);
+  TORCH_CHECK(target.has_value() != (indices.has_value() || offsets.has_value()), op,
+              ": give either target or indices and offsets");
+  BcePlan plan;
+  plan.rows = logits.size(0);
+  plan.cols = logits.size(1);
+  plan.row_mean = row_mean;
+  plan.reduction = reduction;
+  plan.input = logits;
+  plan.grad = logits;
+  if (target) {
+    check_operand(op, "target", *target, logits);
+    check_shape(op, "target", *target, logits, true);
+    plan.target = as_rows(*target, logits.sizes(), plan.rows, plan.cols, false);
+  } else {
+    TORCH_CHECK(indices && offsets, op, ": a CSR target needs indices and offsets");
+    check_csr(op, *indices, *offsets, values, plan.rows, logits);
+    plan.indices = indices->contiguous();
+    plan.offsets = offsets->contiguous();
+    if (values) plan.values = values->contiguous();
+    plan.first = first;
+  }
+  if (pos_weight) {
+    check_operand(op, "pos_weight", *pos_weight, logits);
+    check_shape(op, "pos_weight", *pos_weight, logits, false);
+    plan.pos_weight = as_rows(*pos_weight, logits.sizes(), plan.rows, plan.cols, true);
+  }
+  // The terms' sums as they are (BCE 'sum' with no mean; per row: no 1 / cols).
+  plan.scales = loss_scales(kSum, plan.rows, plan.cols, false);
+  if (target && (!row_mean || reduction != kNone) && plan.rows > 1 && plan.cols > 0) {
+    flatten_rows(plan);
+  }
+  const auto opts = logits.options();
+  if (reduction == kSum) {
+    plan.loss = at::empty({}, opts);
+  } else if (row_mean) {
+    plan.loss = at::empty({plan.rows}, opts);
+  } else {
+    plan.loss = empty_output(logits.sizes(), opts);
+  }
+  return plan;
+}
+
 BceVariant bce_variant(int64_t kind, at::ArrayRef<double> params) {
   bool known = false;
 #define MLC_KNOWN(K, E) known = known || kind == K;

@@ -11,6 +11,8 @@ namespace mlc {
 
 struct BcePlan {
   at::Tensor input, target, weight, pos_weight;  // (rows, cols) views; weight/pos_weight may be undefined
+  at::Tensor indices, offsets, values;  // a CSR target instead of `target` (bce_chunk_), contiguous
+  int64_t first = 0;                    // the CSR target's class of column 0
   int64_t rows = 0, cols = 0;
   bool row_mean = false;  // multilabel soft margin: loss averaged over the class (last) dimension
   int64_t reduction = kMean;
@@ -28,6 +30,18 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
                       const std::optional<at::Tensor>& pos_weight, int64_t reduction,
                       bool compute_grad, bool row_mean,
                       const BceVariant& variant = BceVariant());
+
+// Plan of op bce_chunk_ (csrc/ops.cpp): plain BCE on a contiguous (rows, cols) chunk of logits,
+// whose gradient overwrites them (plan.grad is logits). The target is dense (a (rows, cols) view of
+// logits' dtype) or CSR (indices, offsets, values; columns are classes first, first + 1, ...).
+// Unscaled: the loss is the terms' sum (reduction 'sum'), per row (reduction 'none' and row_mean)
+// or elementwise ('none'), and the gradient is that of their sum; the caller owns the scale.
+BcePlan make_bce_chunk_plan(const at::Tensor& logits, const std::optional<at::Tensor>& target,
+                            const std::optional<at::Tensor>& indices,
+                            const std::optional<at::Tensor>& offsets,
+                            const std::optional<at::Tensor>& values, int64_t first,
+                            const std::optional<at::Tensor>& pos_weight, int64_t reduction,
+                            bool row_mean);
 
 // The BceVariant of op bce_family's (kind, params): a member of MLC_BCE_FAMILY and at most
 // kBceParams numbers (the rest 0). The values are the member's schema's to check.
@@ -60,6 +74,15 @@ struct BceOps {
     return run("bce_family", input, target, weight, std::nullopt, reduction, compute_grad, false,
                bce_variant(kind, params));
   }
+  // bce_chunk_: the gradient into logits, the loss returned (make_bce_chunk_plan).
+  static at::Tensor bce_chunk_(const at::Tensor& logits, const Opt& target, const Opt& indices,
+                               const Opt& offsets, const Opt& values, int64_t first,
+                               const Opt& pos_weight, int64_t reduction, bool row_mean) {
+    BcePlan plan = make_bce_chunk_plan(logits, target, indices, offsets, values, first,
+                                       pos_weight, reduction, row_mean);
+    Run(plan);
+    return plan.loss;
+  }
 
  private:
   static Out run(const char* op, const at::Tensor& input, const at::Tensor& target,
@@ -76,11 +99,19 @@ template <class T>
 BceParams<T> BcePlan::params() const {
   BceParams<T> p;
   p.input = input.const_data_ptr<T>();
-  p.target = target.const_data_ptr<T>();
   p.rows = rows;
   p.cols = cols;
   p.input_row_stride = input.stride(0);
-  p.target_row_stride = target.stride(0);
+  if (indices.defined()) {
+    p.csr.indices = indices.const_data_ptr<int64_t>();
+    p.csr.offsets = offsets.const_data_ptr<int64_t>();
+    if (values.defined()) p.csr.values = values.const_data_ptr<T>();
+    p.csr.nnz = indices.numel();
+    p.csr.first = first;
+  } else {
+    p.target = target.const_data_ptr<T>();
+    p.target_row_stride = target.stride(0);
+  }
   if (weight.defined()) {
     p.weight = weight.const_data_ptr<T>();
     p.weight_row_stride = weight.stride(0);

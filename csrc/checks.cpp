@@ -38,4 +38,21 @@ void check_shape(const char* op, const char* name, const at::Tensor& t, const at
   }
 }
 
+void check_csr(const char* op, const at::Tensor& indices, const at::Tensor& offsets,
+               const std::optional<at::Tensor>& values, int64_t rows, const at::Tensor& input) {
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"indices", indices},
+                                {"offsets", offsets}}) {
+    check_operand(op, name, t, input, false);
+    TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 1, op, ": ", name,
+                " must be a 1-D int64 tensor, got ", t.scalar_type(), " of shape ", t.sizes());
+  }
+  TORCH_CHECK(offsets.numel() == rows + 1, op, ": offsets must have rows + 1 = ", rows + 1,
+              " entries, got ", offsets.numel());
+  if (values) {
+    check_operand(op, "values", *values, input);
+    TORCH_CHECK(values->sizes() == indices.sizes(), op, ": values of shape ", values->sizes(),
+                " does not match indices of shape ", indices.sizes());
+  }
+}
+
 }  // namespace mlc

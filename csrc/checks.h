@@ -4,6 +4,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 namespace mlc {
 
 // float32, float64, float16 or bfloat16, dense (strided).
@@ -16,5 +18,11 @@ void check_operand(const char* op, const char* name, const at::Tensor& t, const 
 // Broadcastable to input's shape (same_shape: equal to it).
 void check_shape(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input,
                  bool same_shape);
+
+// A CSR target of `rows` rows for input: indices (nnz,) and offsets (rows + 1,) int64, values
+// (nnz,) of input's dtype or absent, all on input's device. Their contents are the caller's
+// (SparseTargets validates them); kernels clamp offsets so that nothing is read out of bounds.
+void check_csr(const char* op, const at::Tensor& indices, const at::Tensor& offsets,
+               const std::optional<at::Tensor>& values, int64_t rows, const at::Tensor& input);
 
 }  // namespace mlc

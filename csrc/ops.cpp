@@ -21,6 +21,14 @@ TORCH_LIBRARY(multilabel_cuda, m) {
   // member's order. Each member's public schema (csrc/bce_variants.cpp) checks and packs them.
   m.def("bce_family(Tensor input, Tensor target, Tensor? weight, int kind, float[] params, "
         "int reduction, bool compute_grad) -> (Tensor, Tensor)");
+  // One chunk of the fused linear losses (multilabel_cuda/linear.py): plain BCE on contiguous
+  // (rows, cols) float32/float64 logits, overwritten with d(loss terms' sum)/d(logits). The target
+  // is dense (a (rows, cols) tensor of logits' dtype, e.g. a strided column slice) or CSR (indices,
+  // offsets, values of a SparseTargets; column j is class first + j), pos_weight broadcastable
+  // to the logits. Returns the loss unscaled (the caller owns the scale): reduction 2 the terms'
+  // sum, 0 per element, or 0 with row_mean the (rows,) row sums. No autograd.
+  m.def("bce_chunk_(Tensor(a!) logits, Tensor? target, Tensor? indices, Tensor? offsets, "
+        "Tensor? values, int first, Tensor? pos_weight, int reduction, bool row_mean) -> Tensor");
   // algo: 0 auto (the measured switch rule of csrc/cpu/margin_cpu.cpp), 1 direct O(P*C),
   // 2 counting O(C log P + P log P) (CPU only). The Python API passes 0.
   m.def("multilabel_margin(Tensor input, Tensor target, int reduction, bool compute_grad, "

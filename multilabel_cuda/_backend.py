@@ -20,7 +20,8 @@ def _kernel_devices():
     if not _ops.AVAILABLE:
         return {}
     has = torch._C._dispatch_has_kernel_for_dispatch_key
-    ops = ("bce_with_logits", "multilabel_soft_margin", "multilabel_margin", "bce_family")
+    ops = ("bce_with_logits", "multilabel_soft_margin", "multilabel_margin", "bce_family",
+           "bce_chunk_")
     return {op: frozenset(d for d in ("cpu", "cuda") if has(f"multilabel_cuda::{op}", d.upper()))
             for op in ops}
 

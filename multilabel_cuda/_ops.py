@@ -56,6 +56,14 @@ if AVAILABLE:
         loss = input.new_empty(input.shape if reduction == NONE else ())
         return loss, input.new_empty(input.shape if compute_grad else (0,))
 
+    @torch.library.register_fake("multilabel_cuda::bce_chunk_")
+    def _(logits, target, indices, offsets, values, first, pos_weight, reduction, row_mean):
+        _check_devices("bce_chunk_", logits, target=target, indices=indices, offsets=offsets,
+                       values=values, pos_weight=pos_weight)
+        if reduction != NONE:
+            return logits.new_empty(())
+        return logits.new_empty(logits.shape[:1] if row_mean else logits.shape)
+
     @torch.library.register_fake("multilabel_cuda::_scale_grad_")
     def _(grad, upstream):
         return None

@@ -25,17 +25,51 @@ constexpr int64_t kGrainElems = 32768;  // below this, threading costs more than
 // (docs/performance.md, "BCE unroll").
 constexpr int64_t kUnroll = 4;
 
+// How bce_chunk reads the target of row r: tgt(c, n) is the vector of columns [c, c + n), asked
+// for in increasing c. Dense: the row's values.
+template <class T>
+struct DenseTarget {
+  const T* y;
+  DenseTarget(const BceParams<T>& P, int64_t r, int64_t) : y(P.target + r * P.target_row_stride) {}
+  ML_FORCE_INLINE Vectorized<opmath_t<T>> operator()(int64_t c, int64_t n) const {
+    return load(y + c, n);
+  }
+};
+
+// CSR (P.csr): the row's positives from column c0 on, walked along with the columns; a vector
+// without a positive is 0 without a memory access, so no dense target exists anywhere.
+template <class T>
+struct CsrRowTarget {
+  using V = Vectorized<opmath_t<T>>;
+  const CsrTarget<T> csr;  // a copy: five words, in registers
+  int64_t k, hi;
+  CsrRowTarget(const BceParams<T>& P, int64_t r, int64_t c0) : csr(P.csr) {
+    csr.row_from(r, csr.first + c0, k, hi);
+  }
+  ML_FORCE_INLINE V operator()(int64_t c, int64_t n) {
+    const int64_t base = csr.first + c;
+    if (k == hi || csr.indices[k] >= base + n) return V(0);
+    opmath_t<T> lanes[V::size()] = {};
+    for (; k < hi && csr.indices[k] < base + n; ++k) {
+      const int64_t j = csr.indices[k] - base;
+      if (j >= 0) lanes[j] = static_cast<opmath_t<T>>(csr.value(k));  // < 0 only if not sorted
+    }
+    return V::loadu(lanes);
+  }
+};
+
 // Returns the loss sum over row r, columns [c0, c1) (0 when the loss is written elementwise).
 // Elem: the member of the BCE family (csrc/math/bce_variants.h). kWeight / kPosWeight: whether that
-// operand is present (compiled out when absent).
-template <class T, class Elem, bool kWeight, bool kPosWeight>
+// operand is present (compiled out when absent). Target: DenseTarget or CsrRowTarget.
+template <class T, class Elem, bool kWeight, bool kPosWeight,
+          template <class> class Target = DenseTarget>
 double bce_chunk(const BceParams<T>& P, int64_t r, int64_t c0, int64_t c1) {
   using acc_t = opmath_t<T>;
   using V = Vectorized<acc_t>;
   constexpr int64_t L = V::size();
   if (c0 >= c1) return 0.0;  // cols == 0: operands may have no storage at all
   const T* x = P.input + r * P.input_row_stride;
-  const T* y = P.target + r * P.target_row_stride;
+  Target<T> y(P, r, c0);
   const T* w = kWeight ? P.weight + r * P.weight_row_stride : nullptr;
   const T* pw = kPosWeight ? P.pos_weight + r * P.pos_weight_row_stride : nullptr;
   const bool w_vec = kWeight && P.weight_col_stride != 0;
@@ -50,8 +84,8 @@ double bce_chunk(const BceParams<T>& P, int64_t r, int64_t c0, int64_t c1) {
   auto elem = [&](int64_t c, int64_t n, V& l, V& g) {
     const V wv = kWeight && w_vec ? load(w + c, n) : w_bcast;
     const V pv = kPosWeight && pw_vec ? load(pw + c, n) : pw_bcast;
-    member.template apply<VecOps<acc_t>, kWeight, kPosWeight>(load(x + c, n), load(y + c, n), wv,
-                                                              pv, l, g);
+    member.template apply<VecOps<acc_t>, kWeight, kPosWeight>(load(x + c, n), y(c, n), wv, pv, l,
+                                                              g);
   };
   // Loss sums: up to kFlush vector adds in acc_t, then into double lanes, so a 1e6-long fp32 row
   // keeps ~1e-7 relative accuracy at the cost of one vector add per step.
@@ -103,6 +137,14 @@ ChunkFn<T> pick_bce_chunk(const BceParams<T>& P) {
 
 template <class T>
 ChunkFn<T> pick_bce_chunk(const BceParams<T>& P) {
+  if (P.csr.offsets) {  // bce_chunk_ with a CSR target: plain BCE, no weight, float or double
+    if constexpr (std::is_same_v<T, opmath_t<T>>) {
+      using E = math::BcePlain;
+      return P.pos_weight ? &bce_chunk<T, E, false, true, CsrRowTarget>
+                          : &bce_chunk<T, E, false, false, CsrRowTarget>;
+    }
+    TORCH_CHECK(false, "multilabel_cuda: CSR targets need float32 or float64");
+  }
 #define MLC_PICK(K, E) \
   if (P.variant.kind == K) return pick_bce_chunk<T, E>(P);
   MLC_BCE_FAMILY(MLC_PICK)
@@ -156,4 +198,5 @@ TORCH_LIBRARY_IMPL(multilabel_cuda, CPU, m) {
   m.impl("bce_with_logits", &mlc::cpu::Ops::bce_with_logits);
   m.impl("multilabel_soft_margin", &mlc::cpu::Ops::multilabel_soft_margin);
   m.impl("bce_family", &mlc::cpu::Ops::bce_family);
+  m.impl("bce_chunk_", &mlc::cpu::Ops::bce_chunk_);
 }

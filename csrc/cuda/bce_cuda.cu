@@ -48,4 +48,5 @@ TORCH_LIBRARY_IMPL(multilabel_cuda, CUDA, m) {
   m.impl("bce_with_logits", &mlc::cuda::Ops::bce_with_logits);
   m.impl("multilabel_soft_margin", &mlc::cuda::Ops::multilabel_soft_margin);
   m.impl("bce_family", &mlc::cuda::Ops::bce_family);
+  m.impl("bce_chunk_", &mlc::cuda::Ops::bce_chunk_);
 }

@@ -28,11 +28,54 @@ enum BceMode : int {
   kTileSum = 2,      // soft margin 'none': one partial per tile, then row_sums_kernel
 };
 
+// How a tile reads its target: tgt.pack<V>(i) is the i-th V-vector of the tile's columns,
+// tgt.at(c) column c; each thread asks for its columns in increasing order. Dense: the row's values.
+template <class T>
+struct DenseTileTarget {
+  const T* y;
+  __device__ __forceinline__ DenseTileTarget(const BceParams<T>& p, int64_t r, int64_t c0)
+      : y(p.target + r * p.target_row_stride + c0) {}
+  __device__ __forceinline__ bool aligned() const { return aligned16(y); }
+  template <int V>
+  __device__ __forceinline__ Pack<T, V> pack(int64_t i) {
+    return reinterpret_cast<const Pack<T, V>*>(y)[i];
+  }
+  __device__ __forceinline__ T at(int64_t c) { return y[c]; }
+};
+
+// CSR (p.csr): the row's positives from the tile's first class on. A thread finds the first
+// positive of each of its vectors by a binary search from where its previous one ended, then walks
+// them along the vector's lanes (lane j takes the next positive when it is column j; static lane
+// indices, so the vector stays in registers).
+template <class T>
+struct CsrTileTarget {
+  const CsrTarget<T> csr;  // a copy: five words, in registers
+  int64_t k, hi, first;  // first: the class of the tile's column 0
+  __device__ __forceinline__ CsrTileTarget(const BceParams<T>& p, int64_t r, int64_t c0)
+      : csr(p.csr), first(p.csr.first + c0) {
+    csr.row_from(r, first, k, hi);
+  }
+  __device__ __forceinline__ bool aligned() const { return true; }
+  template <int V>
+  __device__ __forceinline__ Pack<T, V> pack(int64_t i) {
+    const int64_t col = first + i * V;
+    k = CsrTarget<T>::lower_bound(csr.indices, k, hi, col);
+    Pack<T, V> out;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const bool hit = k < hi && csr.indices[k] == col + j;
+      out.v[j] = hit ? csr.value(k) : T(0);
+      k += hit ? 1 : 0;
+    }
+    return out;
+  }
+  __device__ __forceinline__ T at(int64_t c) { return pack<1>(c).v[0]; }
+};
+
 // Row pointers of one tile, already offset to its first column.
 template <class T>
 struct TileRow {
   const T* x;
-  const T* y;
   const T* w;   // per-column weight, or null (then w0)
   const T* pw;  // per-column pos_weight, or null (then p0)
   T* grad;      // or null
@@ -41,10 +84,10 @@ struct TileRow {
 
 // Elem: the member of the BCE family (csrc/math/bce_variants.h).
 template <class Elem, class T, class A>
-__device__ __forceinline__ void bce_one(const Elem& f, const TileRow<T>& t, int64_t c, A w0, A p0,
-                                        A scale, A& acc) {
+__device__ __forceinline__ void bce_one(const Elem& f, const TileRow<T>& t, int64_t c, A y, A w0,
+                                        A p0, A scale, A& acc) {
   A l, g;
-  f.template apply<math::ScalarOps<A>>(static_cast<A>(t.x[c]), static_cast<A>(t.y[c]),
+  f.template apply<math::ScalarOps<A>>(static_cast<A>(t.x[c]), y,
                                        t.w ? static_cast<A>(t.w[c]) : w0,
                                        t.pw ? static_cast<A>(t.pw[c]) : p0, l, g);
   if (t.grad) t.grad[c] = from_acc<T>(g * scale);
@@ -56,14 +99,15 @@ __device__ __forceinline__ void bce_one(const Elem& f, const TileRow<T>& t, int6
 }
 
 // This thread's share of tile (r, [c0, c0 + n)): writes grad/loss, returns its loss sum.
-template <class Elem, class T, class A>
+// Target: DenseTileTarget or CsrTileTarget.
+template <class Elem, template <class> class Target, class T, class A>
 __device__ __forceinline__ A bce_tile(const BceParams<T>& p, int64_t r, int64_t c0, int64_t n,
                                       A scale) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));
   const Elem f(p.variant);
   TileRow<T> t;
   t.x = p.input + r * p.input_row_stride + c0;
-  t.y = p.target + r * p.target_row_stride + c0;
+  Target<T> y(p, r, c0);
   const T* wrow = p.weight ? p.weight + r * p.weight_row_stride : nullptr;
   const T* prow = p.pos_weight ? p.pos_weight + r * p.pos_weight_row_stride : nullptr;
   // Column stride 0 broadcasts one value over the row: read it once.
@@ -78,7 +122,7 @@ __device__ __forceinline__ A bce_tile(const BceParams<T>& p, int64_t r, int64_t 
   int64_t done = 0;
   // 128-bit accesses when every row pointer of this tile is 16-byte aligned (decided here, at run
   // time: offsets, odd row strides and odd column counts fall back to scalar accesses).
-  const bool vec = aligned16(t.x) && aligned16(t.y) && (!t.w || aligned16(t.w)) &&
+  const bool vec = aligned16(t.x) && y.aligned() && (!t.w || aligned16(t.w)) &&
                    (!t.pw || aligned16(t.pw)) && (!t.grad || aligned16(t.grad)) &&
                    (!t.loss || aligned16(t.loss));
   if (vec) {
@@ -86,7 +130,7 @@ __device__ __forceinline__ A bce_tile(const BceParams<T>& p, int64_t r, int64_t 
     const int64_t nvec = n / V;
     for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
       const P xv = reinterpret_cast<const P*>(t.x)[i];
-      const P yv = reinterpret_cast<const P*>(t.y)[i];
+      const P yv = y.template pack<V>(i);
       P wv, pv, gv, lv;
       if (t.w) wv = reinterpret_cast<const P*>(t.w)[i];
       if (t.pw) pv = reinterpret_cast<const P*>(t.pw)[i];
@@ -106,13 +150,17 @@ __device__ __forceinline__ A bce_tile(const BceParams<T>& p, int64_t r, int64_t 
     done = nvec * V;
     if (t.loss) acc = A(0);  // elementwise mode sums nothing
   }
-  for (int64_t c = done + threadIdx.x; c < n; c += blockDim.x) bce_one(f, t, c, w0, p0, scale, acc);
+  for (int64_t c = done + threadIdx.x; c < n; c += blockDim.x) {
+    bce_one(f, t, c, static_cast<A>(y.at(c)), w0, p0, scale, acc);
+  }
   return acc;
 }
 
 // The fused pass. partial: kBlockSum -> gridDim.x values, kTileSum -> rows * tiles_per_row values
-// (acc_t<T>), unused for kElementwise. Elem: the member of the BCE family.
-template <class T, int Mode, class Elem = math::BcePlain>
+// (acc_t<T>), unused for kElementwise. Elem: the member of the BCE family; Target: how the
+// target is read (DenseTileTarget, or CsrTileTarget for p.csr).
+template <class T, int Mode, class Elem = math::BcePlain,
+          template <class> class Target = DenseTileTarget>
 __global__ void bce_fused_kernel(const BceParams<T> p, const int64_t tile_cols,
                                  const int64_t tiles_per_row, acc_t<T>* partial) {
   using A = acc_t<T>;
@@ -123,7 +171,7 @@ __global__ void bce_fused_kernel(const BceParams<T> p, const int64_t tile_cols,
     const int64_t r = tile / tiles_per_row;
     const int64_t c0 = (tile - r * tiles_per_row) * tile_cols;
     const int64_t n = p.cols - c0 < tile_cols ? p.cols - c0 : tile_cols;
-    const A acc = bce_tile<Elem, T, A>(p, r, c0, n, scale);
+    const A acc = bce_tile<Elem, Target, T, A>(p, r, c0, n, scale);
     if constexpr (Mode == kTileSum) {
       const A s = block_reduce_sum(acc);
       if (threadIdx.x == 0) partial[tile] = s;

@@ -2,6 +2,7 @@
 // kernel sequence, shared by the CUDA launcher (bce_cuda.cu) and the SIMT emulation tests.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "bce_kernel.cuh"
 #include "launch_limits.h"
@@ -42,26 +43,30 @@ inline BceLaunchShape bce_launch_shape(int64_t rows, int64_t cols, int elem_size
 // `launch(kernel, grid, block, args...)` starts a
 // kernel (CUDA: <<<grid, block, 0, stream>>> + launch check; tests: the SIMT emulator). `out` is
 // the reduced loss (a scalar, or rows values for soft margin 'none'); unused for BCE 'none'.
-// The fused kernel of member Elem in the shape's mode.
-template <class Elem, class T, class Launch>
+// The fused kernel of member Elem and target reader Target in the shape's mode.
+template <class Elem, template <class> class Target = DenseTileTarget, class T, class Launch>
 void bce_launch_fused(const BceParams<T>& p, const BceLaunchShape& s, acc_t<T>* partial,
                       Launch&& launch) {
   if (s.mode == kElementwise) {
-    launch(bce_fused_kernel<T, kElementwise, Elem>, s.grid, s.block, p, s.tile_cols,
+    launch(bce_fused_kernel<T, kElementwise, Elem, Target>, s.grid, s.block, p, s.tile_cols,
            s.tiles_per_row, partial);
   } else if (s.mode == kBlockSum) {
-    launch(bce_fused_kernel<T, kBlockSum, Elem>, s.grid, s.block, p, s.tile_cols, s.tiles_per_row,
-           partial);
+    launch(bce_fused_kernel<T, kBlockSum, Elem, Target>, s.grid, s.block, p, s.tile_cols,
+           s.tiles_per_row, partial);
   } else {
-    launch(bce_fused_kernel<T, kTileSum, Elem>, s.grid, s.block, p, s.tile_cols, s.tiles_per_row,
-           partial);
+    launch(bce_fused_kernel<T, kTileSum, Elem, Target>, s.grid, s.block, p, s.tile_cols,
+           s.tiles_per_row, partial);
   }
 }
 
 template <class T, class Launch>
 void bce_run(const BceParams<T>& p, const BceLaunchShape& s, acc_t<T>* partial, T* out,
              Launch&& launch) {
-  if (s.grid > 0) {
+  if (s.grid > 0 && p.csr.offsets) {  // bce_chunk_'s CSR target (plain BCE, float or double)
+    if constexpr (std::is_same_v<T, acc_t<T>>) {
+      bce_launch_fused<math::BcePlain, CsrTileTarget>(p, s, partial, launch);
+    }
+  } else if (s.grid > 0) {
 #define MLC_LAUNCH(K, E) \
   if (p.variant.kind == K) bce_launch_fused<E>(p, s, partial, launch);
     MLC_BCE_FAMILY(MLC_LAUNCH)

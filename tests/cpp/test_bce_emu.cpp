@@ -309,6 +309,161 @@ void run_all(bool small, uint64_t& seed) {
   }
 }
 
+// bce_chunk_'s CSR target (BceParams::csr): columns [0, C) of the logits are classes
+// [first, first + C) of rows whose positives are given as sorted class indices over more classes
+// than the chunk has. The gradient overwrites the logits (as the op does) and nothing is scaled.
+// The oracle densifies the target itself (a position is its positive's value, 1 without values,
+// else 0) and applies bce_reference.
+struct CsrCase {
+  int64_t rows = 3, cols = 40, first = 0;
+  bool values = false;
+  int pwmode = kNoW;  // kNoW, kPerCol (the chunk's slice of a (C,) pos_weight), kPerRow, kScalar
+  int reduction = mlc::kSum;
+  bool row_mean = false;  // with kNone: the rows' sums
+  int offset = 0;         // 1: logits start one element past 16-byte alignment (scalar path)
+  int block = 64;
+  int64_t tile_cols = 0;
+  int64_t max_grid = 3;
+};
+
+template <class T>
+void run_csr_case(const CsrCase& k, uint64_t seed) {
+  using A = acc_t<T>;
+  emu::Rng rng(seed);
+  const int64_t R = k.rows, C = k.cols, first = k.first, classes = first + C + 9;
+  // Positives: random ones (some rows none, some dense), plus the chunk's borders (first - 1,
+  // first, first + C - 1, first + C) and the 4- and 2-lane vector borders inside it.
+  std::vector<int64_t> indices, offsets = {0};
+  std::vector<double> values;
+  std::vector<double> y(R * C, 0.0);
+  for (int64_t r = 0; r < R; ++r) {
+    const double density = r % 4 == 1 ? 0.0 : (r % 4 == 3 ? 0.6 : 0.08);
+    for (int64_t cls = 0; cls < classes; ++cls) {
+      const int64_t c = cls - first;
+      const bool border = r % 4 == 2 && (cls == first - 1 || c == 0 || c == C - 1 || c == C ||
+                                         (c > 0 && c < C && (c % 4 == 0 || c % 4 == 3)));
+      if (!border && rng.uniform() >= density) continue;
+      const double v = k.values ? std::round(rng.uniform() * 8) / 8 : 1.0;  // exact in any T
+      indices.push_back(cls);
+      values.push_back(v);
+      if (c >= 0 && c < C) y[r * C + c] = v;
+    }
+    offsets.push_back(static_cast<int64_t>(indices.size()));
+  }
+  std::vector<double> x(R * C);
+  for (double& v : x) {
+    const double u = rng.uniform();
+    v = u < 0.03 ? (rng.uniform() < 0.5 ? -1e4 : 1e4) : rng.uniform(-8, 8);
+  }
+  const Operand pw = make_weight(k.pwmode, R, C, rng, 0.5, 3.0);
+  std::vector<T> xb = to_buffer<T>(x, k.offset), vb = to_buffer<T>(values, 0);
+  std::vector<T> pwb = to_buffer<T>(pw.host, 0);
+  const std::vector<T> x0 = xb;
+
+  BceParams<T> p;
+  p.rows = R;
+  p.cols = C;
+  p.input = xb.data() + k.offset;
+  p.input_row_stride = C;
+  if (R * C > 0) p.grad = xb.data() + k.offset;  // in place, as bce_chunk_
+  p.csr.indices = indices.data();
+  p.csr.offsets = offsets.data();
+  p.csr.values = k.values ? vb.data() : nullptr;
+  p.csr.nnz = static_cast<int64_t>(indices.size());
+  p.csr.first = first;
+  if (!pw.host.empty()) {
+    p.pos_weight = pwb.data();
+    p.pos_weight_row_stride = pw.row_stride;
+    p.pos_weight_col_stride = pw.col_stride;
+  }
+  const bool elementwise = k.reduction == mlc::kNone && !k.row_mean;
+  std::vector<T> loss(elementwise ? R * C : 0, T(-777.0f));
+  if (elementwise && R * C > 0) p.loss = loss.data();
+  p.scales = mlc::loss_scales(mlc::kSum, R, C, false);  // the plan's: unscaled
+
+  const auto s = mlc::cuda::bce_launch_shape(R, C, sizeof(T), k.reduction, k.row_mean, k.block,
+                                             k.max_grid, k.tile_cols);
+  EMU_CHECK(s.error == nullptr, "bce_launch_shape: %s", s.error);
+  std::vector<A> partial(s.partials);
+  std::vector<T> out(k.row_mean && k.reduction == mlc::kNone ? R : 1, T(-777.0f));
+  mlc::cuda::bce_run(p, s, partial.data(), out.data(), emu_launch);
+
+  char where[200];
+  std::snprintf(where, sizeof where,
+                "csr %s R=%" PRId64 " C=%" PRId64 " first=%" PRId64 " values=%d pw=%s red=%d "
+                "row_mean=%d off=%d block=%d tile=%" PRId64,
+                emu::type_name<T>(), R, C, first, k.values, wmode_name(k.pwmode), k.reduction,
+                k.row_mean, k.offset, k.block, s.tile_cols);
+  const double tol = emu::tolerance<T>();
+  double total = 0, mag = 0;
+  int bad = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    double row = 0, row_mag = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double xv = as_double(x0[k.offset + r * C + c]), yv = y[r * C + c];
+      const double pv = pw.host.empty() ? 1.0 : as_double(pwb[r * pw.row_stride + c * pw.col_stride]);
+      double l, g;
+      bce_reference(xv, yv, 1.0, pv, l, g);
+      const double lw = 1 + (pv - 1) * yv;
+      const double lmag = std::fabs((1 - yv) * xv) + std::fabs(lw) * (std::fabs(xv) + 1);
+      row += l;
+      row_mag += lmag;
+      const double got = as_double(xb[k.offset + r * C + c]);
+      if (!matches<T>(got, g, tol, 8 * tol * (std::fabs(lw) + std::fabs(pv * yv))) && bad++ < 3)
+        EMU_CHECK(false, "%s grad[%" PRId64 ",%" PRId64 "] = %.9g, want %.9g", where, r, c, got, g);
+      if (elementwise) {
+        const double gl = as_double(loss[r * C + c]);
+        if (!matches<T>(gl, l, tol, 8 * tol * lmag) && bad++ < 3)
+          EMU_CHECK(false, "%s loss[%" PRId64 ",%" PRId64 "] = %.9g, want %.9g", where, r, c, gl, l);
+      }
+    }
+    const double sum_tol = std::is_same_v<T, double> ? 1e-12 : 2e-5;
+    if (k.row_mean && k.reduction == mlc::kNone) {
+      EMU_CHECK(matches<T>(as_double(out[r]), row, tol, sum_tol * row_mag),
+                "%s row %" PRId64 ": %.9g, want %.9g", where, r, as_double(out[r]), row);
+    }
+    total += row;
+    mag += row_mag;
+  }
+  EMU_CHECK(bad == 0, "%s: %d elementwise mismatches", where, bad);
+  if (k.reduction == mlc::kSum) {
+    const double sum_tol = std::is_same_v<T, double> ? 1e-12 : 2e-5;
+    EMU_CHECK(matches<T>(as_double(out[0]), total, tol, sum_tol * mag), "%s total %.12g, want %.12g",
+              where, as_double(out[0]), total);
+  }
+}
+
+template <class T>
+void run_csr(bool small, uint64_t& seed) {
+  struct Shape { int64_t rows, cols, first, tile_cols; };
+  std::vector<Shape> shapes = {{4, 40, 0, 0},  {5, 37, 13, 0}, {1, 8, 3, 0}, {8, 130, 100, 32},
+                               {0, 5, 2, 0},   {3, 0, 4, 0},   {4, 1, 6, 0}};
+  if (!small) shapes.push_back({4, 1500, 7, 0});  // > one default tile per row (block 64)
+  int i = 0;
+  for (const Shape& sh : shapes)
+    for (int red : {mlc::kNone, mlc::kSum})
+      for (bool row_mean : {false, true}) {
+        if (small && i % 2) {
+          ++i;
+          continue;
+        }
+        CsrCase k;
+        k.rows = sh.rows;
+        k.cols = sh.cols;
+        k.first = sh.first;
+        k.tile_cols = sh.tile_cols;
+        k.reduction = red;
+        k.row_mean = row_mean;
+        k.values = i % 3 != 0;
+        const int pwmodes[] = {kNoW, kPerCol, kPerRow, kScalar};
+        k.pwmode = pwmodes[i % 4];
+        k.offset = (i / 4) % 2;
+        k.max_grid = i % 3 == 0 ? 1 : 3;
+        ++i;
+        run_csr_case<T>(k, seed++);
+      }
+}
+
 // The modulated member (focal / asymmetric, csrc/math/bce_variants.h) through the same kernels,
 // against an oracle written here in long double (which holds exp(1e4), so no stable rewriting).
 struct ModArgs {
@@ -508,6 +663,11 @@ int main(int argc, char** argv) {
     run_case<float>(k, seed++);
     return emu::finish("test_bce_emu fault-tail");
   }
+  if (mode == "csr") {  // the CSR-target cases alone
+    run_csr<float>(false, seed);
+    run_csr<double>(false, seed);
+    return emu::finish("test_bce_emu csr");
+  }
   const bool small = mode == "small";
   check_launch_shapes();
   run_all<float>(small, seed);
@@ -518,5 +678,7 @@ int main(int argc, char** argv) {
   run_modulated<double>(small, seed);
   if (!small) run_modulated<Half>(small, seed);
   run_modulated<BF16>(small, seed);
+  run_csr<float>(small, seed);
+  run_csr<double>(small, seed);
   return emu::finish(small ? "test_bce_emu small" : "test_bce_emu full");
 }

@@ -32,6 +32,17 @@ MLC_INSTANTIATE_BCE(double)
 MLC_INSTANTIATE_BCE(c10::Half)
 MLC_INSTANTIATE_BCE(c10::BFloat16)
 
+// bce_chunk_'s CSR target (its plan takes float and double only).
+#define MLC_INSTANTIATE_BCE_CSR(T)                                                                \
+  template __global__ void bce_fused_kernel<T, kElementwise, math::BcePlain, CsrTileTarget>(    \
+      const BceParams<T>, const int64_t, const int64_t, acc_t<T>*);                             \
+  template __global__ void bce_fused_kernel<T, kBlockSum, math::BcePlain, CsrTileTarget>(       \
+      const BceParams<T>, const int64_t, const int64_t, acc_t<T>*);                             \
+  template __global__ void bce_fused_kernel<T, kTileSum, math::BcePlain, CsrTileTarget>(        \
+      const BceParams<T>, const int64_t, const int64_t, acc_t<T>*);
+MLC_INSTANTIATE_BCE_CSR(float)
+MLC_INSTANTIATE_BCE_CSR(double)
+
 // The margin loss's direct kernel (its second passes are reduce.cuh's, instantiated above).
 #define MLC_INSTANTIATE_MARGIN(T)                                                               \
   template __global__ void margin_direct_kernel<T>(const MarginParams<T>, const int64_t,       \
