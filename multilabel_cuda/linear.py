@@ -2,11 +2,12 @@
 
 The classes are streamed in chunks. For each chunk: its logits by one GEMM into a reused N x chunk
 buffer (float32, or float64 for float64 tensors), the loss and its gradient on them (BCE and soft
-margin: the compiled ``multilabel_cuda::bce_with_logits`` where the extension has a kernel for the
-device, else the reference formulas; margin: torch ops per target slot), then at once the chunk's
-gradient contributions: input's accumulated by a GEMM into an (N, D) buffer, weight's rows and
-bias's entries written in place. All of it happens in forward when
-gradients are needed; backward only scales by the upstream gradient. Memory beyond the parameters
+margin: the compiled ``multilabel_cuda::bce_chunk_``, which overwrites the logits with their
+gradient and reads a SparseTargets' positives straight from its CSR arrays, where the extension has
+a kernel for the device, else the reference formulas; margin: torch ops per target slot), then at
+once the chunk's gradient contributions: input's accumulated by a GEMM into an (N, D) buffer,
+weight's rows and bias's entries written in place. All of it happens in forward when gradients
+are needed; backward only scales by the upstream gradient. Memory beyond the parameters
 and their gradients is O(N * chunk + N * D), whatever C is (float16/bfloat16 add the chunk's weight
 rows in float32, chunk x D; the margin loss adds O(N * K) for K target slots a row).
 
@@ -92,43 +93,57 @@ def _global_scale(kind, reduction, rows, classes):
 
 
 # ---- per-chunk loss and gradient of the BCE family ----------------------------------------------
+# Each overwrites the chunk's logits (N, n) with d sum(loss) / d logits and returns the chunk's
+# loss, unscaled (_global_scale is the scale): its sum (reduction SUM), per element (NONE), or per
+# row (NONE and per_row).
 
-def _bce_chunk_extension(logits, target, pos_weight, reduction, compute_grad):
-    """(loss, d sum(loss) / d logits) of one chunk by the compiled fused op."""
-    return torch.ops.multilabel_cuda.bce_with_logits(logits, target, None, pos_weight, reduction,
-                                                     compute_grad)
+def _bce_chunk_extension(logits, targets, c0, pos_weight, reduction, per_row):
+    """By the compiled op multilabel_cuda::bce_chunk_, which reads a sparse target's positives of
+    the chunk from its CSR arrays (no dense chunk target) and a dense one through a view."""
+    op = torch.ops.multilabel_cuda.bce_chunk_
+    if targets.csr is not None:
+        return op(logits, None, *targets.csr, c0, pos_weight, reduction, per_row)
+    return op(logits, targets.dense_chunk(c0, logits.size(1)), None, None, None, 0, pos_weight,
+              reduction, per_row)
 
 
-def _bce_chunk_reference(logits, target, pos_weight, reduction, compute_grad):
-    """The same in plain torch: the reference loss, and its derivative d/dx of
-    (1 - t) x - (1 + (p - 1) t) log sigmoid(x), which is (1 + (p - 1) t) sigmoid(x) - p t."""
+def _bce_chunk_reference(logits, targets, c0, pos_weight, reduction, per_row):
+    """The same in plain torch on the densified chunk target: the reference loss, then its
+    derivative d/dx of (1 - t) x - (1 + (p - 1) t) log sigmoid(x), (1 + (p - 1) t) sigmoid(x) - p t."""
+    target = targets.dense_chunk(c0, logits.size(1))
     loss = reference.binary_cross_entropy_with_logits(logits, target, None, pos_weight, reduction)
-    if not compute_grad:
-        return loss, None
-    grad = torch.sigmoid(logits)
+    grad = logits.sigmoid_()
     if pos_weight is None:
-        return loss, grad.sub_(target)
-    return loss, grad.mul_((pos_weight - 1) * target + 1).sub_(pos_weight * target)
+        grad.sub_(target)
+    else:
+        grad.mul_((pos_weight - 1) * target + 1).sub_(pos_weight * target)
+    return loss.sum(1) if per_row else loss
 
 
-def _bce_chunk(logits, target, pos_weight, reduction, compute_grad):
-    if _backend.use_extension("bce_with_logits", logits.device):
-        return _bce_chunk_extension(logits, target, pos_weight, reduction, compute_grad)
-    return _bce_chunk_reference(logits, target, pos_weight, reduction, compute_grad)
+def _bce_chunk(logits, targets, c0, pos_weight, reduction, per_row):
+    if _backend.use_extension("bce_chunk_", logits.device):
+        return _bce_chunk_extension(logits, targets, c0, pos_weight, reduction, per_row)
+    return _bce_chunk_reference(logits, targets, c0, pos_weight, reduction, per_row)
 
 
 # ---- the streaming pass -------------------------------------------------------------------------
 
 class _Targets:
-    """The target as the chunks need it: dense columns, or a SparseTargets narrowed per chunk."""
+    """The target as the chunks need it: a dense (N, C) tensor, or a SparseTargets' CSR arrays
+    (indices, offsets, values in the compute dtype) that the chunk op reads as they are."""
 
     def __init__(self, dense, indices, offsets, values, classes, dtype):
         self.dense, self.dtype = dense, dtype
-        self.sparse = None
+        self.sparse = self.csr = None
         if indices is not None:
             self.sparse = _SparseTargets.from_csr(indices, offsets, classes, values)
+            vals = self.sparse.values
+            self.csr = (self.sparse.indices, self.sparse.offsets,
+                        None if vals is None else vals.to(dtype))
 
-    def chunk(self, c0, n):
+    def dense_chunk(self, c0, n):
+        """Columns [c0, c0 + n) as an (N, n) tensor of the compute dtype (a view when the dense
+        target has that dtype; a SparseTargets is densified: the reference's way)."""
         if self.sparse is not None:
             return self.sparse.narrow_classes(c0, n).to_dense(self.dtype)
         return self.dense.narrow(1, c0, n).to(self.dtype)
@@ -359,15 +374,13 @@ def _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction, chunk
         logits, w = _logits(buf, x, weight, bias, c0, n, cdt)
         pw_c = pw if pw is None or pw.dim() == 0 or pw.size(-1) == 1 else pw.narrow(-1, c0, n)
         op_red = NONE if per_element or per_row else SUM
-        part, grad = _bce_chunk(logits, targets.chunk(c0, n), pw_c, op_red, compute_grad)
+        part = _bce_chunk(logits, targets, c0, pw_c, op_red, per_row)  # logits := their gradient
         if per_element:
             loss.narrow(1, c0, n).copy_(part)
-        elif per_row:
-            loss += part.sum(1)
         else:
             loss += part
         if compute_grad:
-            grads.add_chunk(_chunk_upstream(grad, upstream, c0, n), w, c0, n)
+            grads.add_chunk(_chunk_upstream(logits, upstream, c0, n), w, c0, n)
     if kind == SOFT_MARGIN:
         loss /= classes
     if reduction == MEAN:

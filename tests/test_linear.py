@@ -323,6 +323,52 @@ def test_sparse_targets(kind, reduction):
         torch.testing.assert_close(g, r)
 
 
+@pytest.mark.parametrize("kind", ("bce", "soft_margin"))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, 20, None])
+def test_sparse_chunks_split_rows(chunk_backend, kind, reduction, chunk_size):
+    """Chunk borders through rows' positives (runs of neighbouring classes), empty rows, soft values
+    and a per-class pos_weight, on both chunk backends."""
+    cls = _sparse_class()
+    if cls is None:
+        pytest.skip("multilabel_cuda.SparseTargets not available yet")
+    n, c = 6, 29
+    x, w, b = leaves(n, 5, c)
+    dense_target = (torch.rand(n, c) < 0.25).double()
+    dense_target[0, 6:11] = 1  # across the borders of chunks of 1, 3 and 8
+    dense_target[1] = 0
+    dense_target[2, 19:22] = 1
+    pos_weight = None
+    if kind == "bce":
+        dense_target *= torch.randint(1, 5, (n, c)).double() / 4
+        pos_weight = torch.rand(c, dtype=torch.float64) * 2 + 0.5
+    sparse = cls.from_dense(dense_target)
+    ref = native(kind, x, w, b, dense_target, reduction, pos_weight)
+    got = fused(kind, x, w, b, sparse, reduction, chunk_size, pos_weight)
+    torch.testing.assert_close(got, ref)
+    upstream = torch.randn_like(ref)
+    for g, r in zip(grads(got, (x, w, b), upstream), grads(ref, (x, w, b), upstream)):
+        torch.testing.assert_close(g, r)
+
+
+def test_sparse_target_never_densified(monkeypatch):
+    """With the extension, the chunks read the CSR arrays: no chunk is narrowed or densified."""
+    cls = _sparse_class()
+    if cls is None or not _ops.AVAILABLE:
+        pytest.skip("needs SparseTargets and the compiled extension")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a sparse target was densified")
+    monkeypatch.setattr(cls, "to_dense", refuse)
+    monkeypatch.setattr(cls, "narrow_classes", refuse)
+    x, w, b = leaves(4, 3, 40, torch.float32)
+    dense_target = (torch.rand(4, 40) < 0.2).float()
+    sparse = cls.from_dense(dense_target)
+    for kind in ("bce", "soft_margin"):
+        got = fused(kind, x, w, b, sparse, "mean", 16)
+        torch.testing.assert_close(got, native(kind, x, w, b, dense_target, "mean"))
+
+
 # ---- bad input ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
