@@ -22,7 +22,7 @@ def op(*args):
 def make_target(rows, classes, density, values, dtype, seed):
     """A random dense target: positives with values in eighths (or 1), every fifth row empty, every
     fifth full; to_csr gives its CSR form."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     dense = torch.zeros(rows, classes, dtype=dtype)
     for r in range(rows):
         if r % 5 == 1:
@@ -83,7 +83,15 @@ def chunk_pos_weight(kind, rows, classes, c0, n, dtype):
 @pytest.mark.parametrize("reduction,row_mean", [(SUM, False), (NONE, False), (NONE, True)])
 @pytest.mark.parametrize("pw", PW)
 @pytest.mark.parametrize("sparse", [False, True])
-def test_matches_native(dtype, values, reduction, row_mean, pw, sparse):
+def test_matches_native(device, dtype, values, reduction, row_mean, pw, sparse):
+    torch.set_default_device(device)  # every tensor of the case on the device
+    try:
+        _matches_native(dtype, values, reduction, row_mean, pw, sparse)
+    finally:
+        torch.set_default_device("cpu")
+
+
+def _matches_native(dtype, values, reduction, row_mean, pw, sparse):
     rows, classes = 11, 203
     full = make_target(rows, classes, 0.1, values, dtype, seed=classes + rows)
     # Chunks whose borders cut through rows' positives, at vector borders and not, a first class
@@ -105,9 +113,17 @@ def test_matches_native(dtype, values, reduction, row_mean, pw, sparse):
 
 
 @pytest.mark.parametrize("sparse", [False, True])
-def test_long_rows_and_empty(sparse):
+def test_long_rows_and_empty(device, sparse):
     """Rows longer than the CPU's work unit (16384 columns: a row's chunk split across units) and
-    empty problems."""
+    than a CUDA tile, and empty problems."""
+    torch.set_default_device(device)
+    try:
+        _long_rows_and_empty(sparse)
+    finally:
+        torch.set_default_device("cpu")
+
+
+def _long_rows_and_empty(sparse):
     rows, classes = 3, 40000
     full = make_target(rows, classes, 0.001, True, torch.float32, seed=7)
     full[0, 16383:16386] = 0.5  # positives around the unit border
