@@ -382,8 +382,10 @@ template <class T>
 __global__ void margin_kernel(const MarginParams<T> p, const MarginKernelArgs a,
                               unsigned char* scratch, acc_t<T>* row_partial) {
   using A = acc_t<T>;
+  // Dynamic shared memory: a direct row's chunk, or a counting row's arrays (when they fit) and,
+  // after them, its tile marks.
   unsigned char* smem = mlc_dynamic_smem<unsigned char>();
-  int64_t* marks = reinterpret_cast<int64_t*>(smem);  // counting rows; the direct rows reuse it
+  int64_t* marks = reinterpret_cast<int64_t*>(smem + margin_counting_bytes<A>(a.smem_targets));
   unsigned char* block_scratch =
       scratch != nullptr ? scratch + static_cast<int64_t>(blockIdx.x) * a.scratch_bytes : nullptr;
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {  // uniform across the block
@@ -401,9 +403,7 @@ __global__ void margin_kernel(const MarginParams<T> p, const MarginKernelArgs a,
       lsum = margin_direct_row(p, x, y, g, P, a.chunk, smem,
                                reinterpret_cast<int64_t*>(block_scratch));
     } else {
-      unsigned char* mem =
-          P <= a.smem_targets ? smem + margin_marks_bytes(blockDim.x) : block_scratch;
-      lsum = margin_counting_row(p, x, y, g, P, mem, marks);
+      lsum = margin_counting_row(p, x, y, g, P, P <= a.smem_targets ? smem : block_scratch, marks);
     }
     const A s = block_reduce_sum(lsum);
     if (threadIdx.x == 0) row_partial[r] = s;
