@@ -287,13 +287,26 @@ double counting_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) 
 }
 
 // Whether every y[0, n) lies in [-1, C) (native checks the whole target, also past the first -1):
-// y + 1 in [0, C] as one unsigned compare, no branch, so the loop vectorizes.
+// a vector min/max pass over the row's target, in cache right after its prefix was read.
 bool targets_in_range(const int64_t* y, int64_t n, int64_t C) {
-  uint64_t bad = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    bad |= static_cast<uint64_t>(static_cast<uint64_t>(y[j]) + 1 > static_cast<uint64_t>(C));
+  using VI = Vectorized<int64_t>;
+  constexpr int64_t L = VI::size();
+  VI lo(0), hi(-1);
+  int64_t j = 0;
+  for (; j + L <= n; j += L) {
+    const VI v = VI::loadu(y + j);
+    lo = at::vec::minimum(lo, v);
+    hi = at::vec::maximum(hi, v);
   }
-  return bad == 0;
+  int64_t l[L], h[L];
+  lo.store(l);
+  hi.store(h);
+  int64_t mn = *std::min_element(l, l + L), mx = *std::max_element(h, h + L);
+  for (; j < n; ++j) {
+    mn = std::min(mn, y[j]);
+    mx = std::max(mx, y[j]);
+  }
+  return mn >= -1 && mx < C;
 }
 
 // margin_row's loss for a row with an out-of-range target entry (the call then raises).
