@@ -52,6 +52,8 @@ ErrorRecord& error_record(c10::DeviceIndex d) {
     C10_CUDA_CHECK(cudaMemset(rec.device, 0, sizeof(MarginTargetError)));
     C10_CUDA_CHECK(cudaHostAlloc(&rec.host, sizeof(MarginTargetError), cudaHostAllocDefault));
     *rec.host = MarginTargetError{};
+    // The memset ran on the legacy stream, which torch's non-blocking streams do not wait for.
+    C10_CUDA_CHECK(cudaDeviceSynchronize());
     rec.ready = true;
   });
   return rec;
@@ -66,7 +68,9 @@ std::string take_error(c10::DeviceIndex d) {
   ErrorRecord& rec = error_record(d);
   const std::lock_guard<std::mutex> lock(g_error_mutex);
   const c10::cuda::CUDAGuard guard(d);
-  c10::cuda::device_synchronize();  // every kernel's copy has reached the mirror
+  // Every kernel's copy has reached the mirror. (Not c10's device_synchronize: under
+  // torch.cuda.set_sync_debug_mode("error") that would replace the target error with its own.)
+  C10_CUDA_CHECK(cudaDeviceSynchronize());
   if (!error_recorded(rec)) return "";
   const MarginTargetError e = *rec.host;
   *rec.host = MarginTargetError{};
