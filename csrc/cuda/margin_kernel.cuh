@@ -62,7 +62,9 @@ constexpr int64_t margin_counting_bytes(int64_t m) {
 }
 // Shared memory of the counting method's tile marks (two buffers of blockDim.x int64; also the
 // block scans' slice totals).
-constexpr int64_t margin_marks_bytes(int64_t block) { return 2 * block * static_cast<int64_t>(sizeof(int64_t)); }
+constexpr int64_t margin_marks_bytes(int64_t block) {
+  return 2 * block * static_cast<int64_t>(sizeof(int64_t));
+}
 
 struct MarginKernelArgs {
   int64_t chunk = 1;          // direct: occurrences staged in shared memory at a time
@@ -71,7 +73,8 @@ struct MarginKernelArgs {
 };
 
 // #{k : t[k] < v} (kUpper: #{k : t[k] <= v}) for t[0, n) sorted ascending, n >= 1: the same trip
-// count for every thread (log2 n steps) and a select, no data-dependent branch. NaN v counts 0.
+// count for every thread (log2 n steps) and a select, no data-dependent branch. A NaN v gives 0
+// (kUpper: n).
 template <bool kUpper, class V>
 __device__ __forceinline__ int64_t count_below(const V* t, int64_t n, V v) {
   int64_t pos = 0;
