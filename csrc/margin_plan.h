@@ -1,7 +1,9 @@
-// Host-side preparation shared by the CPU and CUDA multilabel margin kernels: checks (shapes, dtypes,
-// target range over the whole target), (rows, cols) / (rows, tcols) views, outputs, loss scales.
+// Host-side preparation shared by the CPU and CUDA multilabel margin kernels: checks (shapes, dtypes;
+// the target range is the kernels'), (rows, cols) / (rows, tcols) views, outputs, loss scales.
 #pragma once
 #include <ATen/core/Tensor.h>
+
+#include <string>
 
 #include "math/portable.h"
 #include "params.h"
@@ -26,6 +28,10 @@ MarginPlan make_margin_plan(const at::Tensor& input, const at::Tensor& target, i
                             bool compute_grad, int64_t algo);
 
 std::tuple<at::Tensor, at::Tensor> margin_outputs(const MarginPlan& plan, const at::Tensor& input);
+
+// The words of the out-of-range target error, written once for the CPU kernel (raised at once) and
+// the CUDA launcher (raised for a record a kernel left on the device).
+std::string margin_target_error_message(const MarginTargetError& e);
 
 template <class T>
 MarginParams<T> MarginPlan::params() const {

@@ -29,8 +29,8 @@ TORCH_LIBRARY(multilabel_cuda, m) {
   // sum, 0 per element, or 0 with row_mean the (rows,) row sums. No autograd.
   m.def("bce_chunk_(Tensor(a!) logits, Tensor? target, Tensor? indices, Tensor? offsets, "
         "Tensor? values, int first, Tensor? pos_weight, int reduction, bool row_mean) -> Tensor");
-  // algo: 0 auto (the measured switch rule of csrc/cpu/margin_cpu.cpp), 1 direct O(P*C),
-  // 2 counting O(C log P + P log P) (CPU only). The Python API passes 0.
+  // algo: 0 auto (per row: the switch rules of csrc/cpu/margin_cpu.cpp and csrc/cuda/
+  // margin_kernel.cuh), 1 direct O(P*C), 2 counting O(C log P + P log P). The Python API passes 0.
   m.def("multilabel_margin(Tensor input, Tensor target, int reduction, bool compute_grad, "
         "int algo=0) -> (Tensor, Tensor)");
   // Backward's grad *= upstream, in place on the op's own gradient buffer (csrc/autograd.cpp), for

@@ -74,6 +74,15 @@ struct BceParams {
 // Which per-row algorithm the margin kernel uses (the schema's `algo` argument).
 enum MarginAlgo : int { kMarginAuto = 0, kMarginDirect = 1, kMarginCounting = 2 };
 
+// An out-of-range margin target entry (every entry must lie in [-1, cols), also past the first -1),
+// found by a kernel in the pass that reads the targets: the first thread to raise `claimed` from 0
+// records the rest. The CPU kernel raises at once; on CUDA it is a device record that the launcher
+// reads back without waiting for the kernel (csrc/cuda/margin_cuda.cu).
+struct MarginTargetError {
+  unsigned claimed = 0;
+  int64_t row = 0, value = 0, cols = 0;
+};
+
 // Multilabel margin loss over (rows x cols) scores and a (rows x tcols) int64 target, -1 terminated.
 // Columns of input and target are contiguous; rows start at row * row_stride.
 template <class T>
@@ -86,6 +95,7 @@ struct MarginParams {
   T* grad = nullptr;      // rows x cols contiguous, or null when no gradient is wanted
   LossScales scales;
   int algo = kMarginAuto;
+  MarginTargetError* error = nullptr;  // where a kernel records an out-of-range target (CUDA)
 };
 
 }  // namespace mlc

@@ -6,6 +6,7 @@
 """
 from . import functional
 from ._backend import backend, set_backend
+from ._ops import check_errors
 from .functional import LossArgumentError
 from .modules import (AsymmetricLoss, BCEWithLogitsLoss, MultiLabelMarginLoss,
                       MultiLabelSoftMarginLoss, SigmoidFocalLoss)
@@ -16,5 +17,5 @@ from .sparse import SparseTargets
 __all__ = ["functional", "backend", "set_backend", "LossArgumentError", "BCEWithLogitsLoss",
            "MultiLabelSoftMarginLoss", "MultiLabelMarginLoss", "SigmoidFocalLoss", "AsymmetricLoss",
            "SparseTargets", "LinearBCEWithLogitsLoss", "LinearMultiLabelSoftMarginLoss",
-           "LinearMultiLabelMarginLoss"]
+           "LinearMultiLabelMarginLoss", "check_errors"]
 __version__ = "0.1.0"

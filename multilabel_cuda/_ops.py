@@ -5,6 +5,7 @@ same fused pass; its autograd (csrc/autograd.cpp) saves grad and backward only s
 import torch
 
 from . import _build_config
+from ._errors import LossArgumentError
 from ._reduction import NONE
 
 LOAD_ERROR = None
@@ -19,6 +20,20 @@ except (ImportError, OSError, RuntimeError) as e:  # not built, or built against
     LOAD_ERROR = e
 
 AVAILABLE = LOAD_ERROR is None
+
+
+def check_errors():
+    """Raises LossArgumentError for an out-of-range multilabel_margin_loss target that a CUDA kernel
+    found since the last report. On CUDA the kernels check the targets in the pass that reads them,
+    without a host sync, and report at the next margin call on that device or here; this waits for
+    the devices that have run a margin call. The CPU raises at once: nothing to report here."""
+    try:
+        take = torch.ops.multilabel_cuda.take_margin_target_error  # built with the CUDA kernels
+    except (AttributeError, RuntimeError):
+        return
+    msg = take()
+    if msg:
+        raise LossArgumentError(msg)
 
 
 def _check_devices(fn, input, **operands):

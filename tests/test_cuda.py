@@ -1,11 +1,13 @@
 """What only the CUDA device has: misaligned storage, run-to-run determinism of the parallel
-reductions, agreement of the CPU and CUDA kernels (each also against native), and backward's
-in-place scale reading its upstream on the device. Parity, gradcheck, opcheck and errors on CUDA are
+reductions, agreement of the CPU and CUDA kernels (each also against native), backward's
+in-place scale reading its upstream on the device, the margin methods with many positives, a
+margin training step without host synchronisation, and out-of-range targets reported later. Parity, gradcheck, opcheck and errors on CUDA are
 the device-parametrized tests of the other files. Skipped without a CUDA device (`pytest -m cuda`)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
+import multilabel_cuda
 import multilabel_cuda.functional as MF
 from conftest import DTYPES, REDUCTIONS, RED_CODE, has_kernel, tol
 
@@ -116,3 +118,83 @@ def test_backward_scales_in_place_and_skips_an_upstream_of_one(dtype):
         (g,) = torch.autograd.grad(loss, xg, torch.tensor(upstream, device="cuda", dtype=dtype),
                                    retain_graph=True)
         torch.testing.assert_close(g.double(), want * upstream, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("algo", [0, 1, 2])
+def test_margin_methods_many_positives(dtype, algo):
+    """Both methods and the auto rule on the device against native (float64) and the CPU kernel:
+    P from 0 to C (counting rows with more than 1024 positives use the global scratch), duplicates,
+    stale entries after the -1, integer scores (ties), rows of several blocks."""
+    n, c = 12, 3000
+    g = torch.Generator().manual_seed(algo)
+    x = torch.randn(n, c, generator=g, dtype=torch.float64)
+    x[::3] = torch.randint(-3, 4, (4, c), generator=g).double()
+    y = torch.randint(0, c, (n, c), generator=g)
+    for r, p in enumerate([0, 1, 5, 16, 17, 100, 1024, 1025, 2000, 2999, 3000, 40]):
+        y[r, :p] = torch.randperm(c, generator=g)[:p]
+        if p < c:
+            y[r, p] = -1
+    y[-1, :40] = torch.randint(0, 4, (40,), generator=g)  # duplicated positives
+    x = x.to(dtype)
+    xr = x.double().requires_grad_()
+    for red, code in RED_CODE.items():
+        want = F.multilabel_margin_loss(xr, y, reduction=red)
+        (want_grad,) = torch.autograd.grad(want.sum(), xr)
+        loss, grad = ops.multilabel_margin(x.cuda(), y.cuda(), code, True, algo)
+        cpu = ops.multilabel_margin(x, y, code, True, algo)
+        torch.testing.assert_close(loss.cpu().double(), want.detach(), **tol(dtype))
+        torch.testing.assert_close(grad.cpu().double(), want_grad, **tol(dtype))
+        torch.testing.assert_close(grad.cpu(), cpu[1], **tol(dtype))
+        again = ops.multilabel_margin(x.cuda(), y.cuda(), code, True, algo)
+        assert torch.equal(loss, again[0]) and torch.equal(grad, again[1])
+
+
+@pytest.mark.parametrize("algo", [0, 2])
+def test_margin_training_step_does_not_synchronize(algo):
+    """Forward + backward of the margin loss issue no host synchronisation: the target range is
+    checked by the kernel (a device record), not by aminmax + item()."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 2000, generator=g).cuda().requires_grad_()
+    y = _margin_target(64, 2000).cuda()
+    if algo == 2:
+        y[:, :500] = torch.stack([torch.randperm(2000, generator=g)[:500] for _ in range(64)]).cuda()
+
+    def step():
+        loss = ops.multilabel_margin(x, y, RED_CODE["mean"], True, algo)[0] if algo else \
+            MF.multilabel_margin_loss(x, y)
+        loss.backward()
+        return loss
+
+    step()  # the first call on a device allocates its error record
+    x.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss).item() and x.grad is not None
+
+
+def test_margin_out_of_range_target_reported_later():
+    """An out-of-range entry makes its row NaN at once and is raised, as a LossArgumentError naming
+    the value and the row, by check_errors() or by the next margin call after the device got there."""
+    x = torch.randn(3, 5, device="cuda")
+    good = torch.tensor([[0, 1, -1, 2, 3], [4, -1, 0, 0, 0], [2, -1, 0, 0, 0]], device="cuda")
+    bad = good.clone()
+    bad[1, 3] = 9  # after the -1: still an error, as native
+    loss, grad = ops.multilabel_margin(x, bad, RED_CODE["none"], True)
+    assert torch.isnan(loss[1]).item() and torch.isfinite(loss[[0, 2]]).all().item()
+    assert torch.isnan(grad[1]).all().item()
+    with pytest.raises(multilabel_cuda.LossArgumentError,
+                       match=r"target index 9 out of range \[-1, 5\) in row 1"):
+        multilabel_cuda.check_errors()
+    multilabel_cuda.check_errors()  # reported once
+    ops.multilabel_margin(x, bad, RED_CODE["mean"], False)
+    torch.cuda.synchronize()  # e.g. loss.item()
+    with pytest.raises(RuntimeError, match=r"target index 9 out of range \[-1, 5\) in row 1"):
+        ops.multilabel_margin(x, good, RED_CODE["mean"], False)
+    multilabel_cuda.check_errors()
+    torch.testing.assert_close(ops.multilabel_margin(x, good, RED_CODE["sum"], False)[0].cpu(),
+                               F.multilabel_margin_loss(x.cpu(), good.cpu(), reduction="sum"))

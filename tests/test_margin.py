@@ -1,6 +1,7 @@
 """multilabel_margin_loss: parity with torch.nn.functional (the oracle) for loss and gradient on
-every device, both per-row CPU algorithms, every dtype and reduction, adversarial scores, compact
-targets, autograd, opcheck, torch.compile, errors, and the reference backend."""
+every device, both per-row methods (direct, counting) and the auto rule, every dtype and reduction,
+adversarial scores, compact targets, autograd, opcheck, torch.compile, errors (out-of-range targets:
+at once on the CPU, at the next margin call or check_errors() on CUDA), and the reference backend."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,14 +13,8 @@ from conftest import DTYPES, EXTENSION_LOADED, RED_CODE, REDUCTIONS, tol
 op = torch.ops.multilabel_cuda.multilabel_margin if EXTENSION_LOADED else None
 needs_ext = pytest.mark.skipif(not EXTENSION_LOADED, reason="compiled extension not available")
 
-ALGOS = {"auto": 0, "direct": 1, "counting": 2}  # the CPU kernel's per-row algorithms
+ALGOS = {"auto": 0, "direct": 1, "counting": 2}  # the kernels' per-row methods (CPU and CUDA)
 CASES = ["random", "ties", "all_positive", "duplicates", "huge", "nonfinite", "no_targets"]
-
-
-def cpu_algo_only(device, algo):
-    """The op's algo argument chooses between the CPU kernel's two algorithms; CUDA has one."""
-    if algo != "auto" and device != "cpu":
-        pytest.skip("algo selects a CPU algorithm")
 
 
 def make_target(n, c, gen, positives=None, dup=False):
@@ -82,7 +77,7 @@ def oracle(x, y, reduction):
 @pytest.fixture
 def check(expect_impl):
     """check(x, y, reduction, algo): ours (through the public function for 'auto', asserting which
-    implementation ran, else the op with that CPU algorithm) against the oracle."""
+    implementation ran, else the op with that method) against the oracle."""
     def run(x, y, reduction, algo="auto"):
         lo, go = oracle(x, y, reduction)
         xi = x.detach().clone().requires_grad_()
@@ -106,7 +101,6 @@ def check(expect_impl):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # fp32: the AVX2 counting path
 def test_parity_cases(check, device, dtype, case, c, reduction, algo):
-    cpu_algo_only(device, algo)
     n = 2 if c >= 1000 else 5
     x, y = make_case(case, n, c, dtype=dtype, device=device)
     check(x, y, reduction, algo)
@@ -117,19 +111,19 @@ def test_parity_cases(check, device, dtype, case, c, reduction, algo):
 @pytest.mark.parametrize("case", ["random", "ties", "nonfinite"])
 def test_parity_float32_exact_counts(check, device, case, algo):
     # Integer-valued fp32 scores: thresholds exactly on the scores; gradient counts must be exact.
-    cpu_algo_only(device, algo)
     x, y = make_case(case, 6, 40, dtype=torch.float32, device=device)
     check(x, y, "sum", algo)
     check(x, y, "mean", algo)
 
 
 @needs_ext
-@pytest.mark.parametrize("positives", [1, 8, 24, 25, 48, 49, 300])  # around both switch points
+# around the switch points: CUDA 16, CPU 24/48 (AVX2) and 80/120 (AVX512); then up to C
+@pytest.mark.parametrize("positives", [1, 8, 16, 17, 24, 25, 48, 49, 80, 81, 120, 121, 300, 512])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_auto_switch_point(check, positives, dtype):
+def test_auto_switch_point(check, device, positives, dtype):
     gen = torch.Generator().manual_seed(positives)
-    x = torch.randn(3, 512, generator=gen, dtype=dtype)
-    y = make_target(3, 512, gen, positives=positives)
+    x = torch.randn(3, 512, generator=gen, dtype=dtype).to(device)
+    y = make_target(3, 512, gen, positives=positives).to(device)
     check(x, y, "mean")
     check(x, y, "none", "direct")
     check(x, y, "none", "counting")
@@ -138,7 +132,6 @@ def test_auto_switch_point(check, positives, dtype):
 @pytest.mark.parametrize("algo", list(ALGOS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_dtypes(check, device, dtype, algo):
-    cpu_algo_only(device, algo)
     if algo != "auto" and not EXTENSION_LOADED:
         pytest.skip("extension not available")
     x, y = make_case("random", 4, 37, dtype=dtype, device=device)
@@ -190,7 +183,6 @@ def test_non_contiguous(check, device):
 @pytest.mark.parametrize("algo", list(ALGOS))
 @pytest.mark.parametrize("k", [0, 1, 3, 10])
 def test_compact_target(check, device, k, algo):
-    cpu_algo_only(device, algo)
     if algo != "auto" and not EXTENSION_LOADED:
         pytest.skip("extension not available")
     x, y = make_case("random", 6, 10, device=device)
@@ -321,13 +313,30 @@ RANGE_MSG = r"multilabel_margin_loss: target index {} out of range \[-1, 5\)"
 
 @pytest.mark.parametrize("bad,where", [(7, 0), (5, 1), (-2, 0), (9, 4)])  # (9, 4): after the -1
 def test_error_target_out_of_range(device, backend, bad, where):
+    """The CPU (and the reference) raise at once; the CUDA kernels record the entry on the device
+    and report it at the next margin call or at check_errors() (a LossArgumentError)."""
     x = torch.randn(2, 5, device=device)
     y = torch.tensor([[0, 1, -1, 2, 3], [4, -1, 0, 0, 0]], device=device)
     y[1, where] = bad
-    with pytest.raises(RuntimeError, match=RANGE_MSG.format(bad)):
-        mc.functional.multilabel_margin_loss(x, y)
-    with pytest.raises(RuntimeError, match=RANGE_MSG.format(bad)):
-        mc.functional.multilabel_margin_loss(x[1], y[1])
+    for args in [(x, y), (x[1], y[1])]:
+        with pytest.raises(RuntimeError, match=RANGE_MSG.format(bad)):
+            mc.functional.multilabel_margin_loss(*args)
+            mc.check_errors()
+    mc.check_errors()  # reported once
+
+
+@needs_ext
+@pytest.mark.parametrize("algo", [0, 1, 2])
+def test_error_target_out_of_range_cpu_names_the_row(algo):
+    """The CPU kernel checks the whole target (also past the first -1) in the pass that reads it and
+    names the first offending row; nothing is left for check_errors()."""
+    x = torch.randn(4, 6)
+    y = torch.tensor([[0, -1, 3, 3, 3, 3], [1, 2, -1, 0, 0, 0], [5, -1, 0, 6, 0, 0], [7, -1, 0, 0, 0, 0]])
+    with pytest.raises(RuntimeError, match=r"target index 6 out of range \[-1, 6\) in row 2"):
+        op(x, y, 1, True, algo)
+    mc.check_errors()
+    with pytest.raises(RuntimeError, match=r"target index -3 out of range \[-1, 6\) in row 0"):
+        op(x[0], torch.tensor([-3, 0]), 1, False, algo)
 
 
 @pytest.mark.parametrize("input_shape,target_shape", [

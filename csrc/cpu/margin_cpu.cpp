@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -285,7 +286,33 @@ double counting_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) 
   return loss;
 }
 
-// Loss of row r (not divided by cols); writes the row's gradient when kGrad.
+// Whether every y[0, n) lies in [-1, C) (native checks the whole target, also past the first -1):
+// a vector min/max pass over the row's target, in cache right after its prefix was read.
+bool targets_in_range(const int64_t* y, int64_t n, int64_t C) {
+  using VI = Vectorized<int64_t>;
+  constexpr int64_t L = VI::size();
+  VI lo(0), hi(-1);
+  int64_t j = 0;
+  for (; j + L <= n; j += L) {
+    const VI v = VI::loadu(y + j);
+    lo = at::vec::minimum(lo, v);
+    hi = at::vec::maximum(hi, v);
+  }
+  int64_t l[L], h[L];
+  lo.store(l);
+  hi.store(h);
+  int64_t mn = *std::min_element(l, l + L), mx = *std::max_element(h, h + L);
+  for (; j < n; ++j) {
+    mn = std::min(mn, y[j]);
+    mx = std::max(mx, y[j]);
+  }
+  return mn >= -1 && mx < C;
+}
+
+// margin_row's loss for a row with an out-of-range target entry (the call then raises).
+constexpr double kBadRow = -1.0;
+
+// Loss of row r (not divided by cols, >= 0, or kBadRow); writes the row's gradient when kGrad.
 template <class T, bool kGrad>
 double margin_row(const MarginParams<T>& P, int64_t r, Scratch<T>& s) {
   using A = opmath_t<T>;
@@ -296,7 +323,8 @@ double margin_row(const MarginParams<T>& P, int64_t r, Scratch<T>& s) {
   T* grad = kGrad ? P.grad + r * C : nullptr;
   const int64_t* y = P.target ? P.target + r * P.target_row_stride : nullptr;
   int64_t np = 0;
-  while (y && np < P.tcols && y[np] >= 0) ++np;
+  while (y && np < P.tcols && y[np] >= 0 && y[np] < C) ++np;
+  if (y && !targets_in_range(y + np, P.tcols - np, C)) return kBadRow;
   const bool direct = P.algo == kMarginDirect ||
                       (P.algo == kMarginAuto && np <= kDirectMaxTargets<A>);
   s.fit(np, !direct);
@@ -319,6 +347,7 @@ void margin_cpu_impl(MarginPlan& plan) {
   const MarginParams<T> P = plan.params<T>();
   const int64_t C = P.cols;
   std::vector<double> row_loss(P.rows);
+  std::atomic<int64_t> first_bad{P.rows};  // the first row with an out-of-range target entry
   at::parallel_for(0, P.rows, std::max<int64_t>(1, kGrainElems / C), [&](int64_t r0, int64_t r1) {
     Scratch<T> s;  // one per thread (per range), reused by all its rows
     s.xs.assign((C + kPad - 1) / kPad * kPad, std::numeric_limits<A>::quiet_NaN());
@@ -326,8 +355,24 @@ void margin_cpu_impl(MarginPlan& plan) {
     if (P.grad) s.seen.assign((C + 63) / 64, 0);
     for (int64_t r = r0; r < r1; ++r) {
       row_loss[r] = P.grad ? margin_row<T, true>(P, r, s) : margin_row<T, false>(P, r, s);
+      if (row_loss[r] == kBadRow) {
+        int64_t cur = first_bad.load();
+        while (r < cur && !first_bad.compare_exchange_weak(cur, r)) {
+        }
+        break;  // the call raises: the rest of the range need not run
+      }
     }
   });
+  if (const int64_t r = first_bad.load(); r < P.rows) {  // the first bad entry of the first bad row
+    const int64_t* y = P.target + r * P.target_row_stride;
+    MarginTargetError e;
+    e.row = r;
+    e.cols = C;
+    for (int64_t j = P.tcols - 1; j >= 0; --j) {
+      if (y[j] < -1 || y[j] >= C) e.value = y[j];
+    }
+    TORCH_CHECK(false, margin_target_error_message(e));
+  }
   if (plan.per_row_loss) {  // (not P.row_loss: an empty batch's (0,) loss has no storage)
     for (int64_t r = 0; r < P.rows; ++r) P.row_loss[r] = static_cast<T>(row_loss[r] * P.scales.row);
     return;

@@ -21,8 +21,8 @@ void instantiate() {
   mlc::cuda::bce_run(bp, mlc::cuda::bce_launch_shape(1, 1, sizeof(T), 0, false, 32, 1),
                      static_cast<A*>(nullptr), static_cast<T*>(nullptr), launch);
   const mlc::MarginParams<T> mp;
-  mlc::cuda::margin_run(mp, mlc::cuda::margin_launch_shape<A>(1, 1, false, true, 32, 1),
-                        static_cast<int64_t*>(nullptr), static_cast<A*>(nullptr),
+  mlc::cuda::margin_run(mp, mlc::cuda::margin_launch_shape<A>(1, 1, false, true, 0, 32, 1),
+                        static_cast<unsigned char*>(nullptr), static_cast<A*>(nullptr),
                         static_cast<T*>(nullptr), launch_smem);
   (void)&mlc::cuda::scale_by_device_scalar_kernel<T>;
   (void)mlc::cuda::scale_grid(1, sizeof(T), 32, 1);

@@ -1,7 +1,9 @@
 // SIMT-emulated runs of csrc/cuda/margin_kernel.cuh (the real CUDA kernels, compiled by the host
-// compiler through simt_emu.h) against the O(P*C) definition written here (no csrc/math code):
-// a hinge is active when native's z = 1 - x[t] + x[i], evaluated in the compute type, is > 0, so
-// hinge counts, hence gradients, must match exactly; the loss sums those z in long double.
+// compiler through simt_emu.h), both per-row methods (direct, counting, and the auto rule), against
+// the O(P*C) definition written here (no csrc/math code): a hinge is active when native's
+// z = 1 - x[t] + x[i], evaluated in the compute type, is > 0, so hinge counts, hence gradients,
+// must match exactly; the loss sums those z in long double. Out-of-range target entries must be
+// recorded in the error record, with NaN for their rows and no access out of bounds.
 //   test_margin_emu [full|small|stale|shapes]
 #include "simt_emu.h"  // first: defines the CUDA keywords for the kernel header
 
@@ -36,10 +38,13 @@ enum TargetMode {
   kNone,         // first entry -1 (P = 0)
   kCompact,      // (N, K < C) without any -1: P = K
   kNoTarget,     // tcols = 0
+  kMany,         // many distinct positives (C/2 <= P <= C), then -1 and stale entries
+  kBad,          // as kStale, with an out-of-range entry (>= C or < -1) in every third row
   kModes
 };
 const char* mode_name(int m) {
-  static const char* n[] = {"random", "stale", "duplicates", "all", "none", "compact", "no-target"};
+  static const char* n[] = {"random", "stale", "duplicates", "all", "none", "compact", "no-target",
+                            "many", "bad"};
   return n[m];
 }
 
@@ -56,10 +61,15 @@ struct Case {
   int64_t chunk = 0;
   int64_t max_grid = 4;
   bool repeat = false;
+  int algo = mlc::kMarginAuto;
+  int64_t smem_targets = -1;  // counting rows with more positives use the global scratch
 };
+const char* algo_name(int a) { return a == 0 ? "auto" : a == 1 ? "direct" : "counting"; }
 
 
 
+
+struct alignas(16) Pack16 { unsigned char b[16]; };
 
 auto emu_launch = [](auto kernel, int64_t grid, int block, int64_t smem, auto... args) {
   simt::launch(dim3(static_cast<unsigned>(grid)), dim3(static_cast<unsigned>(block)),
@@ -95,17 +105,22 @@ void run_case(const Case& k, uint64_t seed) {
           y[j] = j < P ? perm[j] : (j == P ? -1 : static_cast<int64_t>(rng.uniform() * C) - (j % 3 == 0));
         break;
       }
-      case kStale: {  // the first P of a permutation, -1, then the rest of it (and junk)
+      case kStale: case kBad: case kMany: {  // the first P of a permutation, -1, then the rest of it (and junk)
         std::vector<int64_t> perm(C);
         for (int64_t c = 0; c < C; ++c) perm[c] = c;
         for (int64_t c = C - 1; c > 0; --c) std::swap(perm[c], perm[static_cast<int64_t>(rng.uniform() * (c + 1))]);
-        const int64_t P = KT > 1 ? static_cast<int64_t>(rng.uniform() * (KT - 1)) : 0;
+        int64_t P = KT > 1 ? static_cast<int64_t>(rng.uniform() * (KT - 1)) : 0;
+        if (k.tmode == kMany) P = KT - 1 - static_cast<int64_t>(rng.uniform() * (KT / 2));
         for (int64_t j = 0; j < KT; ++j) {
           if (j < P) y[j] = perm[j];
           else if (j == P) y[j] = -1;
           else if (j % 7 == 3) y[j] = -1;                        // a later -1 changes nothing
           else if (j % 5 == 4 && P > 0) y[j] = perm[j % P];     // repeats a positive
           else y[j] = C > P ? perm[P + (j - P) % (C - P)] : -1;  // a class that is not a target
+        }
+        if (k.tmode == kBad && r % 3 == 1) {  // before, at or after the -1
+          const int64_t j = static_cast<int64_t>(rng.uniform() * KT);
+          y[j] = j % 2 ? C + static_cast<int64_t>(rng.uniform() * 3) : -2 - j % 5;
         }
         break;
       }
@@ -148,29 +163,48 @@ void run_case(const Case& k, uint64_t seed) {
   p.scales = mlc::loss_scales(k.reduction, R, C, /*row_mean=*/true);
   const bool per_row = k.per_row && k.reduction == mlc::kNone;
 
-  const auto s = mlc::cuda::margin_launch_shape<A>(R, KT, per_row, p.grad != nullptr, k.block,
-                                                   k.max_grid, k.chunk);
+  p.algo = k.algo;
+  mlc::MarginTargetError error;
+  p.error = &error;
+
+  const auto s = mlc::cuda::margin_launch_shape<A>(R, KT, per_row, p.grad != nullptr, k.algo,
+                                                   k.block, k.max_grid, k.chunk, k.smem_targets);
   EMU_CHECK(s.error == nullptr, "margin_launch_shape: %s", s.error);
-  std::vector<int64_t> kscratch(s.kscratch, -5);
+  // 0xCD garbage in the scratch, as a fresh allocation may hold; 16-byte aligned as on a GPU.
+  std::vector<Pack16> scratch_store((s.scratch + 15) / 16);
+  std::memset(scratch_store.data(), 0xCD, scratch_store.size() * sizeof(Pack16));
+  auto* scratch = reinterpret_cast<unsigned char*>(scratch_store.data());
   std::vector<A> partial(s.partials, A(-5));
   std::vector<T> out(per_row ? R : 1, to_t<T>(-777));
-  mlc::cuda::margin_run(p, s, kscratch.data(), partial.data(), out.data(), emu_launch);
+  mlc::cuda::margin_run(p, s, scratch, partial.data(), out.data(), emu_launch);
 
-  char where[256];
+  char where[320];
   std::snprintf(where, sizeof where,
-                "%s R=%" PRId64 " C=%" PRId64 " K=%" PRId64 " %s red=%d per_row=%d int=%d nan=%d "
-                "pad=%" PRId64 " block=%d chunk=%" PRId64 " grid=%" PRId64,
-                emu::type_name<T>(), R, C, KT, mode_name(k.tmode), k.reduction, per_row,
-                k.integer_scores, k.nan_score, k.pad, k.block, s.chunk, s.grid);
+                "%s R=%" PRId64 " C=%" PRId64 " K=%" PRId64 " %s %s red=%d per_row=%d int=%d "
+                "nan=%d pad=%" PRId64 " block=%d chunk=%" PRId64 " smem_targets=%" PRId64
+                " grid=%" PRId64, emu::type_name<T>(), R, C, KT, mode_name(k.tmode),
+                algo_name(k.algo), k.reduction, per_row, k.integer_scores, k.nan_score, k.pad,
+                k.block, s.chunk, s.args.smem_targets, s.grid);
   // Reference: the definition, O(P*C) per row, native's hinge test in the compute type A.
   const double tol = emu::tolerance<T>();
   std::vector<double> row_loss(R, 0.0);
   const double sum_tol = std::is_same_v<T, double> ? 1e-13 : 1e-6;
   double total_mag = 0;
   int bad = 0;
+  bool any_bad = false;
   for (int64_t r = 0; r < R; ++r) {
     const T* x = xb + r * S;
     const int64_t* y = KT > 0 ? yb.data() + r * TS : nullptr;
+    bool out_of_range = false;  // an entry outside [-1, C) anywhere in the row: NaN row, recorded
+    for (int64_t j = 0; j < KT; ++j) out_of_range |= y[j] < -1 || y[j] >= C;
+    if (out_of_range) {
+      any_bad = true;
+      if (per_row) EMU_CHECK(std::isnan(as_double(out[r])), "%s row %" PRId64 " (bad): %.9g", where, r, as_double(out[r]));
+      for (int64_t i = 0; p.grad && i < C; ++i)
+        if (!std::isnan(as_double(grad[r * C + i])) && bad++ < 3)
+          EMU_CHECK(false, "%s grad[%" PRId64 ",%" PRId64 "] = %.9g in a bad row", where, r, i, as_double(grad[r * C + i]));
+      continue;
+    }
     int64_t P = 0;  // the targets: the entries before the first -1 (or all of them)
     while (P < KT && y[P] >= 0) ++P;
     std::vector<char> is_t(C, 0);
@@ -208,7 +242,19 @@ void run_case(const Case& k, uint64_t seed) {
     }
   }
   EMU_CHECK(bad == 0, "%s: %d gradient mismatches", where, bad);
-  if (!per_row) {
+  if (any_bad) {  // the record names one bad entry: its row, its value, C
+    const int64_t* y = error.row >= 0 && error.row < R ? yb.data() + error.row * TS : nullptr;
+    bool found = false;
+    for (int64_t j = 0; y && j < KT; ++j) found |= y[j] == error.value;
+    EMU_CHECK(error.claimed >= 1u && found && error.cols == C && (error.value < -1 || error.value >= C),
+              "%s: error record claimed=%u row=%" PRId64 " value=%" PRId64 " cols=%" PRId64, where,
+              error.claimed, error.row, error.value, error.cols);
+  } else {
+    EMU_CHECK(error.claimed == 0u, "%s: error recorded without a bad target", where);
+  }
+  if (!per_row && any_bad) {
+    EMU_CHECK(std::isnan(as_double(out[0])), "%s total %.9g with a bad row", where, as_double(out[0]));
+  } else if (!per_row) {
     double total = 0;
     for (double v : row_loss) total += v;
     total /= C;
@@ -225,7 +271,7 @@ void run_case(const Case& k, uint64_t seed) {
     std::vector<T> out2(out.size(), to_t<T>(-777)), grad2(grad.size(), to_t<T>(-777));
     MarginParams<T> p2 = p;
     if (p.grad) p2.grad = grad2.data();
-    mlc::cuda::margin_run(p2, s, kscratch.data(), partial.data(), out2.data(), emu_launch);
+    mlc::cuda::margin_run(p2, s, scratch, partial.data(), out2.data(), emu_launch);
     EMU_CHECK(std::memcmp(out.data(), out2.data(), out.size() * sizeof(T)) == 0 &&
                   std::memcmp(grad.data(), grad2.data(), grad.size() * sizeof(T)) == 0,
               "%s: second run differs", where);
@@ -241,12 +287,16 @@ void check_launch_shapes() {
                         int64_t(1024), int64_t(1025), int64_t(5000), int64_t(1) << 20, (int64_t(1) << 24) + 1})
     for (int64_t rows : {int64_t(1), int64_t(7), int64_t(1) << 20, int64_t(1) << 31})
       for (int64_t max_grid : {int64_t(1), int64_t(1056), int64_t(8) << 10})
-        for (int flags = 0; flags < 4; ++flags) {
-          const auto s = mlc::cuda::margin_launch_shape<A>(rows, tcols, flags & 1, flags & 2,
+        for (int flags = 0; flags < 12; ++flags) {
+          const int algo = flags >> 2;
+          const auto s = mlc::cuda::margin_launch_shape<A>(rows, tcols, flags & 1, flags & 2, algo,
                                                            mlc::cuda::kBlock, max_grid);
           EMU_CHECK(s.error == nullptr, "%s rows=%" PRId64 " tcols=%" PRId64 " max_grid=%" PRId64
-                    " chunk=%" PRId64 " smem=%" PRId64 ": %s", emu::type_name<T>(), rows, tcols,
-                    max_grid, s.chunk, s.smem, s.error);
+                    " algo=%d chunk=%" PRId64 " smem=%" PRId64 ": %s", emu::type_name<T>(), rows,
+                    tcols, max_grid, algo, s.chunk, s.smem, s.error);
+          EMU_CHECK(s.scratch <= mlc::cuda::kMarginMaxScratchBytes || s.grid == 1,
+                    "%s rows=%" PRId64 " tcols=%" PRId64 " algo=%d: scratch %" PRId64 " bytes",
+                    emu::type_name<T>(), rows, tcols, algo, s.scratch);
         }
 }
 
@@ -257,12 +307,14 @@ void run_all(bool small, uint64_t& seed) {
   std::vector<Shape> shapes = {
       {1, 1, 1, 0, 32},   {3, 31, 5, 0, 64},  {4, 33, 33, 0, 64}, {2, 100, 40, 7, 64},
       {5, 150, 12, 5, 32}, {1, 70, 70, 0, 64}, {6, 9, 4, 0, 32},  {0, 5, 3, 0, 32},
-      {2, 200, 24, 0, 64}};  // rows longer than two blocks: C > 2 * block
+      {2, 200, 24, 0, 64},   // rows longer than two blocks: C > 2 * block
+      {2, 140, 140, 0, 64}};  // many positives (kMany, kAll: P up to C), rows over two blocks
   if (!small) {
     shapes.push_back({3, 300, 64, 0, 128});  // C > block size
     shapes.push_back({2, 257, 257, 16, 64});
   } else if (!std::is_same_v<T, float>) {
-    shapes = {{3, 31, 5, 0, 64}, {2, 100, 40, 7, 64}, {1, 70, 70, 0, 64}, {2, 200, 24, 0, 64}};
+    shapes = {{3, 31, 5, 0, 64}, {2, 100, 40, 7, 64}, {1, 70, 70, 0, 64}, {2, 200, 24, 0, 64},
+              {2, 140, 140, 0, 64}};
   }
   int i = 0;
   for (const Shape& sh : shapes)
@@ -286,6 +338,8 @@ void run_all(bool small, uint64_t& seed) {
         k.grad = i % 7 != 3;
         k.max_grid = (i % 3 == 0) ? 1 : 3;
         k.repeat = i % 5 == 0;
+        k.algo = (i + i / 3) % 3;  // each (shape, target mode) runs every method
+        k.smem_targets = i % 4 == 3 ? 3 : -1;  // counting rows with P > 3: global scratch
         ++i;
         run_case<T>(k, seed++);
       }
@@ -304,8 +358,9 @@ int main(int argc, char** argv) {
     return emu::finish("test_margin_emu shapes");
   }
   if (mode == "stale") {  // targets with stale entries after the -1, rows over two blocks long
-    for (int64_t chunk : {0, 5}) {
+    for (int64_t chunk : {0, 5}) {  // direct (whole or chunked staging), then counting
       Case k;
+      k.algo = chunk == 0 ? mlc::kMarginCounting : mlc::kMarginDirect;
       k.rows = 4;
       k.cols = 150;
       k.tcols = 40;

@@ -43,10 +43,10 @@ MLC_INSTANTIATE_BCE(c10::BFloat16)
 MLC_INSTANTIATE_BCE_CSR(float)
 MLC_INSTANTIATE_BCE_CSR(double)
 
-// The margin loss's direct kernel (its second passes are reduce.cuh's, instantiated above).
+// The margin loss's kernel, direct and counting rows (its second passes are reduce.cuh's).
 #define MLC_INSTANTIATE_MARGIN(T)                                                               \
-  template __global__ void margin_direct_kernel<T>(const MarginParams<T>, const int64_t,       \
-                                                   int64_t*, acc_t<T>*);
+  template __global__ void margin_kernel<T>(const MarginParams<T>, const MarginKernelArgs,     \
+                                            unsigned char*, acc_t<T>*);
 MLC_INSTANTIATE_MARGIN(float)
 MLC_INSTANTIATE_MARGIN(double)
 MLC_INSTANTIATE_MARGIN(c10::Half)
