@@ -13,7 +13,8 @@ How (docs/design.md, "Label sharding"): BCE and soft margin are sums over classe
 runs the single-process fused loss on its classes (its reduction times C_r / C) and the partial
 losses are summed; the margin loss first sums the (N, K) positives' scores over the
 ranks (each positive's row lives on one rank), then each rank streams its own classes against them,
-and the positives' hinge counts are summed before their gradient is added by their owner.
+and the positives' hinge counts are summed before their gradient is added by their owner. With
+``update=`` (the fused SGD update) each rank's pass steps its own rows, scaled for the global C.
 Communication is torch.distributed collectives (gloo, NCCL) wrapped in autograd Functions as in
 Megatron's tensor-parallel mappings. Every call starts with one small all_gather of each rank's
 argument summary, from which every rank takes the same decision: a bad argument on any rank raises
