@@ -324,13 +324,13 @@ def _prepare(fn, kind, input, weight, target, bias, pos_weight, reduction, class
     error, summary, chunk, red, sgd = None, {}, None, -1, None
     device = input.device if isinstance(input, torch.Tensor) else torch.device("cpu")
     try:
-        if update is not None and DTensor is not None and any(
-                isinstance(t, DTensor) for t in (weight, bias)):
-            _fail(fn, "update= with a DTensor weight or bias is not supported: the optimizer "
-                      "holds the DTensor, not the local shard that is stepped; pass the local "
-                      "shards as parameters (weight.to_local()) to the optimizer and the loss")
+        dtensor = DTensor is not None and any(isinstance(t, DTensor) for t in (weight, bias))
         weight, group, dt_classes = _local(fn, "weight", weight, group)
         bias, _, _ = _local(fn, "bias", bias, group)
+        if update is not None and dtensor:
+            _fail(fn, "update= with a DTensor weight or bias is not supported: the optimizer "
+                      "holds the DTensor, not the local shard that would be stepped; pass this "
+                      "rank's rows as a plain tensor parameter instead")
         pos_weight, _, _ = _local(fn, "pos_weight", pos_weight, group)
         group = group if group is not None else dist.group.WORLD
         red = _reduction_code(reduction) if kind != TOPK else -1
