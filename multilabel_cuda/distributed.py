@@ -13,7 +13,8 @@ How (docs/design.md, "Label sharding"): BCE and soft margin are sums over classe
 runs the single-process fused loss on its classes (its reduction times C_r / C) and the partial
 losses are summed; the margin loss first sums the (N, K) positives' scores over the
 ranks (each positive's row lives on one rank), then each rank streams its own classes against them,
-and the positives' hinge counts are summed before their gradient is added by their owner.
+and the positives' hinge counts are summed before their gradient is added by their owner. With
+``update=`` (the fused SGD update) each rank's pass steps its own rows, scaled for the global C.
 Communication is torch.distributed collectives (gloo, NCCL) wrapped in autograd Functions as in
 Megatron's tensor-parallel mappings. Every call starts with one small all_gather of each rank's
 argument summary, from which every rank takes the same decision: a bad argument on any rank raises
@@ -158,9 +159,9 @@ def _gather_sparse(target, rows, nnz, group):
 _FIELDS = ("error", "kind", "reduction", "batch", "dtype", "features", "bias", "pos_weight",
            "input_grad", "target_kind", "target_dtype", "target_values", "range_given", "start",
            "stop", "shard_rows", "rows", "target_classes", "target_min", "target_max", "nnz",
-           "slots", "dtensor_classes", "k")
+           "slots", "dtensor_classes", "k", "update")
 _SAME = ("kind", "reduction", "batch", "dtype", "features", "bias", "pos_weight", "input_grad",
-         "target_kind", "target_dtype", "target_values", "range_given", "k")
+         "target_kind", "target_dtype", "target_values", "range_given", "k", "update")
 _F = {name: i for i, name in enumerate(_FIELDS)}
 
 
@@ -281,6 +282,8 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
                 pos_weight.numel() not in (1, weight.size(0)):
             _fail(fn, f"pos_weight must be this rank's ({weight.size(0)},) entries or one value, "
                       f"got {getattr(pos_weight, 'shape', type(pos_weight).__name__)}")
+        if pos_weight.device != input.device:
+            _fail(fn, f"pos_weight is on {pos_weight.device} but input is on {input.device}")
     if isinstance(target, SparseTargets):
         if target.vector or target.shape[0] != input.size(0):
             _fail(fn, f"target of shape {tuple(target.shape)} does not have input's "
@@ -315,14 +318,19 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
 
 
 def _prepare(fn, kind, input, weight, target, bias, pos_weight, reduction, class_range, group,
-             batch, chunk_size, k=-1):
+             batch, chunk_size, k=-1, update=None):
     """Unwrap DTensors, check locally, agree over the group: (weight, bias, pos_weight, chunk,
-    plan)."""
-    error, summary, chunk, red = None, {}, None, -1
+    plan, sgd) with sgd the fused update's state (linear._sgd_state), None without a step."""
+    error, summary, chunk, red, sgd = None, {}, None, -1, None
     device = input.device if isinstance(input, torch.Tensor) else torch.device("cpu")
     try:
+        dtensor = DTensor is not None and any(isinstance(t, DTensor) for t in (weight, bias))
         weight, group, dt_classes = _local(fn, "weight", weight, group)
         bias, _, _ = _local(fn, "bias", bias, group)
+        if update is not None and dtensor:
+            _fail(fn, "update= with a DTensor weight or bias is not supported: the optimizer "
+                      "holds the DTensor, not the local shard that would be stepped; pass this "
+                      "rank's rows as a plain tensor parameter instead")
         pos_weight, _, _ = _local(fn, "pos_weight", pos_weight, group)
         group = group if group is not None else dist.group.WORLD
         red = _reduction_code(reduction) if kind != TOPK else -1
@@ -334,6 +342,9 @@ def _prepare(fn, kind, input, weight, target, bias, pos_weight, reduction, class
         summary = _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_range,
                              batch, k)
         summary["dtensor_classes"] = dt_classes
+        summary["update"] = update is not None
+        if update is not None:
+            sgd = _linear._sgd_state(fn, update, weight, bias, red)
         if kind == MARGIN and isinstance(target, SparseTargets):
             counts = target.offsets[1:] - target.offsets[:-1]
             summary["slots"] = int(counts.max()) if counts.numel() else 0
@@ -341,7 +352,7 @@ def _prepare(fn, kind, input, weight, target, bias, pos_weight, reduction, class
         error = e
         group = group if group is not None else dist.group.WORLD
     plan = _agree(fn, summary, error, group, device)
-    return weight, bias, pos_weight, chunk, plan
+    return weight, bias, pos_weight, chunk, plan, sgd
 
 
 def _region_input(input, plan, batch):
@@ -388,12 +399,22 @@ class _ShardedMargin(torch.autograd.Function):
 
 
 def _sharded_loss(kind, fn, input, weight, target, bias, pos_weight, reduction, class_range,
-                  group, batch, chunk_size):
-    weight, bias, pos_weight, chunk, plan = _prepare(fn, kind, input, weight, target, bias,
-                                                     pos_weight, reduction, class_range, group,
-                                                     batch, chunk_size)
+                  group, batch, chunk_size, update):
+    weight, bias, pos_weight, chunk, plan, sgd = _prepare(
+        fn, kind, input, weight, target, bias, pos_weight, reduction, class_range, group, batch,
+        chunk_size, update=update)
     x = _region_input(input, plan, batch)
     red = _reduction_code(reduction)
+    if sgd is not None:  # the fused update: the pass itself scales for the global C (plan)
+        if kind == MARGIN:
+            target_args = (_margin_target(target, plan, batch), None, None, None, None)
+        else:
+            t = _shard_target(target, plan, batch)
+            target_args = (None, t.indices, t.offsets, t.values, pos_weight) \
+                if isinstance(t, SparseTargets) else (t, None, None, None, pos_weight)
+        part = _linear._sgd_loss(kind, x, weight, bias, target_args, red, chunk, update, sgd,
+                                 shard=plan)
+        return _SumOverRanks.apply(part, plan.group)
     if kind == MARGIN:
         grad_on = torch.is_grad_enabled()
         need = (grad_on and x.requires_grad, grad_on and weight.requires_grad,
@@ -423,38 +444,44 @@ _ARGS_DOC = """
     weight). class_range: (start, stop) of this rank's classes, or None: the ranks' shards are
     consecutive in rank order (their sizes are all-gathered). group: the process group (None: the
     default one, or the DTensor's mesh). reduction: 'mean' or 'sum' over the global (N, C).
+    update: None, or on every rank a torch.optim.SGD holding this rank's weight (and bias) shard:
+    the fused update of the single-process linear losses (multilabel_cuda.linear), each rank
+    stepping its own rows in forward with the global loss's gradient, so the shards come out as
+    the rows of loss.backward(); opt.step() on the full classifier (not with a DTensor weight).
     Returns the global loss on every rank. Every rank of the group must call it."""
 
 
 def sharded_linear_binary_cross_entropy_with_logits(input, weight, target, bias=None,
                                                     pos_weight=None, reduction="mean",
                                                     class_range=None, group=None,
-                                                    batch="replicated", chunk_size=None):
+                                                    batch="replicated", chunk_size=None, *,
+                                                    update=None):
     """linear_binary_cross_entropy_with_logits with the classes sharded over the ranks. target:
     (N, C) floating or a SparseTargets, global classes, this rank's rows. pos_weight: this rank's
     (C_r,) entries or one value.""" + _ARGS_DOC
     return _sharded_loss(BCE, "sharded_linear_binary_cross_entropy_with_logits", input, weight,
                          target, bias, pos_weight, reduction, class_range, group, batch,
-                         chunk_size)
+                         chunk_size, update)
 
 
 def sharded_linear_multilabel_soft_margin_loss(input, weight, target, bias=None, reduction="mean",
                                                class_range=None, group=None, batch="replicated",
-                                               chunk_size=None):
+                                               chunk_size=None, *, update=None):
     """linear_multilabel_soft_margin_loss with the classes sharded over the ranks; each row's mean
     is over the global C. target: (N, C) or a SparseTargets, global classes.""" + _ARGS_DOC
     return _sharded_loss(SOFT_MARGIN, "sharded_linear_multilabel_soft_margin_loss", input, weight,
-                         target, bias, None, reduction, class_range, group, batch, chunk_size)
+                         target, bias, None, reduction, class_range, group, batch, chunk_size,
+                         update)
 
 
 def sharded_linear_multilabel_margin_loss(input, weight, target, bias=None, reduction="mean",
                                           class_range=None, group=None, batch="replicated",
-                                          chunk_size=None):
+                                          chunk_size=None, *, update=None):
     """linear_multilabel_margin_loss with the classes sharded over the ranks, exactly: the (N, K)
     positives' scores are summed over the ranks first. target: (N, K) global class indices
     (-1 padded) or a SparseTargets.""" + _ARGS_DOC
     return _sharded_loss(MARGIN, "sharded_linear_multilabel_margin_loss", input, weight, target,
-                         bias, None, reduction, class_range, group, batch, chunk_size)
+                         bias, None, reduction, class_range, group, batch, chunk_size, update)
 
 
 def sharded_linear_topk(input, weight, k, bias=None, class_range=None, group=None,
@@ -464,8 +491,8 @@ def sharded_linear_topk(input, weight, k, bias=None, class_range=None, group=Non
     linear_topk's (value descending, ties by smaller class index). data_parallel: this rank's
     rows' results. Arguments as the sharded losses'; evaluation only (no gradient)."""
     fn = "sharded_linear_topk"
-    weight, bias, _, chunk, plan = _prepare(fn, TOPK, input, weight, None, bias, None, None,
-                                            class_range, group, batch, chunk_size, k)
+    weight, bias, _, chunk, plan, _ = _prepare(fn, TOPK, input, weight, None, bias, None, None,
+                                               class_range, group, batch, chunk_size, k)
     if k == 0:  # every rank agreed on k
         return linear_topk(input, weight, 0)
     with torch.no_grad():
@@ -529,27 +556,29 @@ class _ShardedLoss(torch.nn.Module):
 
 class ShardedLinearBCEWithLogitsLoss(_ShardedLoss):
     """sharded_linear_binary_cross_entropy_with_logits as a module, called as
-    ``loss_fn(input, weight_shard, target, bias_shard=None)``; pos_weight is this rank's entries."""
+    ``loss_fn(input, weight_shard, target, bias_shard=None, update=None)``; pos_weight is this
+    rank's entries."""
 
     def __init__(self, pos_weight=None, **kwargs):
         super().__init__(**kwargs)
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(self, input, weight, target, bias=None):
+    def forward(self, input, weight, target, bias=None, *, update=None):
         return sharded_linear_binary_cross_entropy_with_logits(
-            input, weight, target, bias, self.pos_weight, **self._kw())
+            input, weight, target, bias, self.pos_weight, **self._kw(), update=update)
 
 
 class ShardedLinearMultiLabelSoftMarginLoss(_ShardedLoss):
     """sharded_linear_multilabel_soft_margin_loss as a module."""
 
-    def forward(self, input, weight, target, bias=None):
+    def forward(self, input, weight, target, bias=None, *, update=None):
         return sharded_linear_multilabel_soft_margin_loss(input, weight, target, bias,
-                                                          **self._kw())
+                                                          **self._kw(), update=update)
 
 
 class ShardedLinearMultiLabelMarginLoss(_ShardedLoss):
     """sharded_linear_multilabel_margin_loss as a module."""
 
-    def forward(self, input, weight, target, bias=None):
-        return sharded_linear_multilabel_margin_loss(input, weight, target, bias, **self._kw())
+    def forward(self, input, weight, target, bias=None, *, update=None):
+        return sharded_linear_multilabel_margin_loss(input, weight, target, bias, **self._kw(),
+                                                     update=update)

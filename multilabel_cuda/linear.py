@@ -27,8 +27,10 @@ exists, after the chunk's input gradient used the old rows, so no C x D gradient
 Two ops: ``linear_loss_sgd_`` (called under no_grad, like an optimizer's step; it mutates weight,
 bias and their momentum buffers) returns the loss and input's gradient, and
 ``linear_loss_sgd_output`` puts the loss in the autograd graph: its backward checks the upstream is
-1 and hands input its gradient; weight and bias get none. Per row the step needs nothing global, so it
-works on a shard of the classifier's rows as well.
+1 and hands input its gradient; weight and bias get none. Per row the step needs nothing global but
+the gradient's scale, so it works on a shard of the classifier's rows as well: with ``shard=``
+(multilabel_cuda.distributed) the pass scales for the global class count (``_global_scale``) and
+runs eagerly, outside the op.
 """
 import bisect
 
@@ -351,13 +353,17 @@ def _logits(buf, x, weight, bias, c0, n, cdt):
 
 
 def _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction, chunk, need,
-                upstream=None, update=None):
+                upstream=None, update=None, shard=None):
     """Loss (in input's dtype) and the gradients (input, weight, bias) for an upstream of 1, or of
-    `upstream` when given (then the loss is not needed and not returned)."""
+    `upstream` when given (then the loss is not needed and not returned). shard (label sharding):
+    weight's rows are C_r of shard.classes classes, targets and pos_weight their columns; the
+    means are over the global C, so the loss and gradients are this rank's share of the global
+    loss's."""
     rows, classes = input.size(0), weight.size(0)
+    total = shard.classes if shard is not None else classes
     cdt = _compute_dtype(input.dtype)
     x = input.to(cdt)
-    grads = _Grads(x, input, weight, bias, need, _global_scale(kind, reduction, rows, classes), cdt,
+    grads = _Grads(x, input, weight, bias, need, _global_scale(kind, reduction, rows, total), cdt,
                    update)
     compute_grad = grads.any()
     pw = pos_weight.to(cdt) if pos_weight is not None else None
@@ -382,9 +388,9 @@ def _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction, chunk
         if compute_grad:
             grads.add_chunk(_chunk_upstream(logits, upstream, c0, n), w, c0, n)
     if kind == SOFT_MARGIN:
-        loss /= classes
+        loss /= total
     if reduction == MEAN:
-        loss /= rows if kind == SOFT_MARGIN else rows * classes
+        loss /= rows if kind == SOFT_MARGIN else rows * total
     return loss.to(input.dtype), grads
 
 
@@ -504,16 +510,16 @@ def _add_positive_grads(grads, x, weight, idx, valid, counts, upstream, slot_blo
 
 
 def _run(kind, input, weight, bias, target, indices, offsets, values, pos_weight, reduction, chunk,
-         need, upstream=None, update=None):
+         need, upstream=None, update=None, shard=None):
     with torch.no_grad():
         if kind == MARGIN:
             loss, grads = _stream_margin(input, weight, bias, target, reduction, chunk, need,
-                                         upstream, update)
+                                         upstream, update, shard)
         else:
             targets = _Targets(target, indices, offsets, values, weight.size(0),
                                _compute_dtype(input.dtype))
             loss, grads = _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction,
-                                      chunk, need, upstream, update)
+                                      chunk, need, upstream, update, shard)
         grads.finish()
         return loss, grads
 
@@ -587,10 +593,20 @@ def _linear_loss_sgd(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     """The loss with the SGD step of weight and bias fused in: returns (loss, input's gradient for
     an upstream of 1) and steps weight (bias) in place when weight_sgd (bias_sgd) is not empty
     (_SGDRows's fields), their momentum buffers with them."""
+    return _sgd_pass(input, weight, bias, target, indices, offsets, values, pos_weight, kind,
+                     reduction, chunk_size, need_input, weight_momentum, bias_momentum, weight_sgd,
+                     bias_sgd)
+
+
+def _sgd_pass(input, weight, bias, target, indices, offsets, values, pos_weight, kind, reduction,
+              chunk_size, need_input, weight_momentum, bias_momentum, weight_sgd, bias_sgd,
+              shard=None):
+    """linear_loss_sgd_'s body; with `shard` (label sharding, _stream_margin), called eagerly."""
     update = (_SGDRows(weight, weight_momentum, weight_sgd) if weight_sgd else None,
               _SGDRows(bias, bias_momentum, bias_sgd) if bias_sgd and bias is not None else None)
     loss, grads = _run(kind, input, weight, bias, target, indices, offsets, values, pos_weight,
-                       reduction, chunk_size, (need_input, False, False), update=update)
+                       reduction, chunk_size, (need_input, False, False), update=update,
+                       shard=shard)
     return loss, grads.results(input, weight, bias)[0]
 
 
@@ -902,12 +918,20 @@ def _loss(fn, kind, input, weight, bias, target_args, reduction, chunk, update):
                         MARGIN: (torch.ops.multilabel_cuda.linear_margin, 1)}[kind]
         return op(input, weight, bias, *target_args[:n_target], reduction, chunk,
                   *_needs(input, weight, bias, reduction))[0]
+    return _sgd_loss(kind, input, weight, bias, target_args, reduction, chunk, update, state)
+
+
+def _sgd_loss(kind, input, weight, bias, target_args, reduction, chunk, update, state, shard=None):
+    """The fused update's loss, `state` from _sgd_state (not None). shard (label sharding, see
+    _stream_margin; weight and bias are a shard's rows): the pass runs eagerly, not as the op,
+    whose schema cannot carry the shard's collectives; the loss is this rank's share."""
     (w_buf, w_sgd), (b_buf, b_sgd) = state
     need_input = torch.is_grad_enabled() and input.requires_grad
-    with torch.no_grad():  # an optimizer's step: weight and bias are changed outside autograd
-        loss, gi = torch.ops.multilabel_cuda.linear_loss_sgd_(
-            input, weight, bias, *target_args, kind, reduction, chunk, need_input, w_buf, b_buf,
+    args = (input, weight, bias, *target_args, kind, reduction, chunk, need_input, w_buf, b_buf,
             w_sgd, b_sgd)
+    with torch.no_grad():  # an optimizer's step: weight and bias are changed outside autograd
+        loss, gi = torch.ops.multilabel_cuda.linear_loss_sgd_(*args) if shard is None else \
+            _sgd_pass(*args, shard=shard)
     for p, buf, sgd in ((weight, w_buf, w_sgd), (bias, b_buf, b_sgd)):
         if sgd and sgd[-1]:
             update.state[p]["momentum_buffer"] = buf

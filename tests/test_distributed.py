@@ -80,6 +80,33 @@ def _loss_cases():
 
 
 LOSS_CASES = _loss_cases()
+SGD_OPTIONS = [dict(lr=0.5), dict(lr=0.3, momentum=0.9),
+               dict(lr=0.2, momentum=0.8, nesterov=True, weight_decay=0.1),
+               dict(lr=0.4, momentum=0.5, dampening=0.3, weight_decay=0.05, maximize=True)]
+
+
+def _update_cases():
+    """The fused SGD update (update=): every loss, target and batch, both reductions, and each
+    SGD option set, on 3 steps."""
+    cases = []
+    for kind in ("bce", "soft_margin", "margin"):
+        for target in ("dense", "sparse"):
+            for batch in ("replicated", "data_parallel"):
+                i = len(cases)
+                cases.append(dict(kind=kind, target=target, batch=batch,
+                                  reduction=("mean", "sum")[(i // 2 + i) % 2], bias=i % 3 != 2,
+                                  pos_weight=kind == "bce" and i % 2 == 0,
+                                  chunk=2 if i % 3 == 1 else None, sgd=i % len(SGD_OPTIONS)))
+    cases.append(dict(kind="margin", target="sparse", batch="data_parallel", reduction="mean",
+                      bias=True, pos_weight=False, chunk=None, sgd=1, module=True))
+    # Positives only in classes [2, 7): some ranks own none (nothing deferred there).
+    cases.append(dict(kind="margin", target="dense", batch="replicated", reduction="sum",
+                      bias=True, pos_weight=False, chunk=None, sgd=2, few_positives=True))
+    return {"update-" + "-".join(f"{k}={v}" for k, v in c.items() if v not in (False, None)): c
+            for c in cases}
+
+
+UPDATE_CASES = _update_cases()
 TOPK_CASES = ["topk-replicated", "topk-data_parallel"]
 ERROR_CASES = {
     "overlapping-ranges": "do not tile",
@@ -89,11 +116,95 @@ ERROR_CASES = {
     "bad-rows-on-one-rank": "rejected their arguments",
     "reduction-none": "reduction 'none'",
     "replicated-rows-differ": "same input rows",
+    "update-on-one-rank": "disagree on update",
+    "update-not-a-parameter": "rejected their arguments",
+    "update-dtensor": "DTensor weight or bias is not supported",
 }
 
 
+def _local_target(c, r0, r1, idx, dense):
+    from multilabel_cuda import SparseTargets
+    if c["kind"] == "margin":
+        t = idx[r0:r1]
+        return SparseTargets.from_padded(t, C) if c["target"] == "sparse" else t
+    return SparseTargets.from_dense(dense[r0:r1]) if c["target"] == "sparse" else dense[r0:r1]
+
+
+def _sharded_fn(c, kw):
+    """The case's sharded function (or module) and its keyword arguments."""
+    from multilabel_cuda import distributed as mld
+    fn = {"bce": mld.sharded_linear_binary_cross_entropy_with_logits,
+          "soft_margin": mld.sharded_linear_multilabel_soft_margin_loss,
+          "margin": mld.sharded_linear_multilabel_margin_loss}[c["kind"]]
+    if c.get("module"):
+        cls = {"bce": mld.ShardedLinearBCEWithLogitsLoss,
+               "soft_margin": mld.ShardedLinearMultiLabelSoftMarginLoss,
+               "margin": mld.ShardedLinearMultiLabelMarginLoss}[c["kind"]]
+        return cls(**kw), {}
+    return fn, kw
+
+
+def _rows(c, rank, world):
+    dp = c["batch"] == "data_parallel"
+    r0 = sum(ROWS[world][:rank]) if dp else 0
+    return r0, (r0 + ROWS[world][rank] if dp else N)
+
+
+def _run_update_case(c, rank, world):
+    """Three steps of the sharded loss with update= against torch: the loss of F.linear on the
+    full classifier, backward, torch.optim.SGD's step on the full weight and bias."""
+    x, w, b, pw, idx, dense = _problem()
+    if c.get("few_positives"):
+        idx = torch.tensor([[2, -1, -1], [3, 6, 4], [5, 2, -1], [6, 4, 3], [2, -1, -1],
+                            [-1, -1, -1]])
+    start = sum(SHARDS[world][:rank])
+    stop = start + SHARDS[world][rank]
+    r0, r1 = _rows(c, rank, world)
+    options = SGD_OPTIONS[c["sgd"]]
+    wl = torch.nn.Parameter(w[start:stop].clone())
+    wr = torch.nn.Parameter(w.clone())
+    bl = torch.nn.Parameter(b[start:stop].clone()) if c["bias"] else None
+    br = torch.nn.Parameter(b.clone()) if c["bias"] else None
+    opt = torch.optim.SGD([p for p in (wl, bl) if p is not None], **options)
+    opt_ref = torch.optim.SGD([p for p in (wr, br) if p is not None], **options)
+    kw = dict(reduction=c["reduction"], batch=c["batch"], chunk_size=c["chunk"])
+    if c["kind"] == "bce":
+        kw["pos_weight"] = pw[start:stop] if c["pos_weight"] else None
+    fn, kw = _sharded_fn(c, kw)
+    t = _local_target(c, r0, r1, idx, dense)
+    for step in range(3):
+        xs = x * (1 + 0.5 * step)
+        xl, xr = xs[r0:r1].clone().requires_grad_(), xs.clone().requires_grad_()
+        opt.zero_grad()
+        loss = fn(xl, wl, t, bl, **kw, update=opt)
+        loss.backward()
+        opt.step()
+        assert wl.grad is None
+        ref = _reference(c["kind"], xr, wr, br, dense, idx, pw if c["pos_weight"] else None,
+                         c["reduction"])
+        ref.backward()
+        opt_ref.step()
+        opt_ref.zero_grad()
+        tol = dict(rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(loss, ref, **tol)
+        torch.testing.assert_close(xl.grad, xr.grad[r0:r1], **tol)
+        for p, q, rows in ((wl, wr, slice(start, stop)), (bl, br, slice(start, stop))):
+            if p is None:
+                continue
+            torch.testing.assert_close(p, q[rows], **tol)
+            if options.get("momentum"):
+                torch.testing.assert_close(opt.state[p]["momentum_buffer"],
+                                           opt_ref.state[q]["momentum_buffer"][rows], **tol)
+    with torch.no_grad():  # evaluation: update= given, no step
+        loss = fn(x[r0:r1], wl, t, bl, **kw, update=opt)
+        ref = _reference(c["kind"], x, wr, br, dense, idx, pw if c["pos_weight"] else None,
+                         c["reduction"])
+    torch.testing.assert_close(loss, ref, **tol)
+    torch.testing.assert_close(wl, wr[start:stop], **tol)
+
+
 def _run_loss_case(c, rank, world):
-    from multilabel_cuda import SparseTargets, distributed as mld
+    from multilabel_cuda import distributed as mld
     dtype = torch.float32 if c.get("dtype") == "float32" else torch.float64
     x, w, b, pw, idx, dense = _problem(dtype)
     if c.get("values"):
@@ -110,28 +221,14 @@ def _run_loss_case(c, rank, world):
     else:
         wl = w[start:stop].clone().requires_grad_()
         bl = b[start:stop].clone().requires_grad_() if c["bias"] else None
-    dp = c["batch"] == "data_parallel"
-    r0 = sum(ROWS[world][:rank]) if dp else 0
-    r1 = r0 + ROWS[world][rank] if dp else N
+    r0, r1 = _rows(c, rank, world)
     xl = x[r0:r1].clone().requires_grad_()
-    if c["kind"] == "margin":
-        t = idx[r0:r1]
-        t = SparseTargets.from_padded(t, C) if c["target"] == "sparse" else t
-    else:
-        t = SparseTargets.from_dense(dense[r0:r1]) if c["target"] == "sparse" else dense[r0:r1]
+    t = _local_target(c, r0, r1, idx, dense)
     kw = dict(reduction=c["reduction"], batch=c["batch"], chunk_size=c["chunk"],
               class_range=(start, stop) if c.get("class_range") else None)
-    fn = {"bce": mld.sharded_linear_binary_cross_entropy_with_logits,
-          "soft_margin": mld.sharded_linear_multilabel_soft_margin_loss,
-          "margin": mld.sharded_linear_multilabel_margin_loss}[c["kind"]]
     if c["kind"] == "bce":
         kw["pos_weight"] = pw[start:stop] if c["pos_weight"] else None
-    if c.get("module"):
-        cls = {"bce": mld.ShardedLinearBCEWithLogitsLoss,
-               "soft_margin": mld.ShardedLinearMultiLabelSoftMarginLoss,
-               "margin": mld.ShardedLinearMultiLabelMarginLoss}[c["kind"]]
-        fn = cls(**kw)
-        kw = {}
+    fn, kw = _sharded_fn(c, kw)
     loss = fn(xl, wl, t, bl, **kw)
     loss.backward()
 
@@ -214,12 +311,27 @@ def _run_error_case(case, rank, world):
     elif case == "replicated-rows-differ":
         if rank == 0:
             args["input"], args["target"] = x[:3], dense[:3]
+    elif case.startswith("update-"):
+        args["weight"] = torch.nn.Parameter(args["weight"].clone())
+        opt = torch.optim.SGD([args["weight"]], lr=0.1)
+        if case == "update-on-one-rank":
+            kw["update"] = opt if rank == 0 else None
+        elif case == "update-not-a-parameter":
+            kw["update"] = opt if rank != 1 else torch.optim.SGD([torch.zeros(1)], lr=0.1)
+        else:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.tensor import Shard, distribute_tensor
+            mesh = init_device_mesh("cpu", (world,))
+            args["weight"] = torch.nn.Parameter(distribute_tensor(w, mesh, [Shard(0)]))
+            kw["update"] = torch.optim.SGD([args["weight"]], lr=0.1)
     try:
         fn(**args, **kw)
     except LossArgumentError as e:
         want = ERROR_CASES[case]
         if case == "bad-rows-on-one-rank" and rank == 1:
             want = "target must have"
+        if case == "update-not-a-parameter" and rank == 1:
+            want = "weight is not a parameter of the update optimizer"
         assert want in str(e), str(e)
         return
     raise AssertionError("no LossArgumentError")
@@ -232,6 +344,7 @@ def _worker(rank, world, store_path, out_dir):
                             world_size=world, timeout=datetime.timedelta(seconds=20))
     results = {}
     runs = [(n, lambda c=c: _run_loss_case(c, rank, world)) for n, c in LOSS_CASES.items()]
+    runs += [(n, lambda c=c: _run_update_case(c, rank, world)) for n, c in UPDATE_CASES.items()]
     runs += [(n, lambda n=n: _run_topk_case(n, rank, world)) for n in TOPK_CASES]
     runs += [(n, lambda n=n: _run_error_case(n, rank, world)) for n in ERROR_CASES]
     for name, run in runs:
@@ -293,6 +406,12 @@ def _check(world, name, tmp_path_factory):
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("name", list(LOSS_CASES))
 def test_sharded_loss_matches_torch(world, name, tmp_path_factory):
+    _check(world, name, tmp_path_factory)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("name", list(UPDATE_CASES))
+def test_sharded_fused_update_matches_torch_sgd(world, name, tmp_path_factory):
     _check(world, name, tmp_path_factory)
 
 
