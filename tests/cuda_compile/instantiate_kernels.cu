@@ -11,18 +11,18 @@
 
 namespace mlc::cuda {
 #define MLC_INSTANTIATE_BCE(T)                                                                   \
-  template __global__ void bce_fused_kernel<T, kElementwise>(const BceParams<T>, const int64_t, \
-                                                             const int64_t, acc_t<T>*);         \
-  template __global__ void bce_fused_kernel<T, kBlockSum>(const BceParams<T>, const int64_t,    \
-                                                          const int64_t, acc_t<T>*);            \
-  template __global__ void bce_fused_kernel<T, kTileSum>(const BceParams<T>, const int64_t,     \
-                                                         const int64_t, acc_t<T>*);             \
+  template __global__ void bce_fused_kernel<T, kElementwise>(const BceParams<T>, const BceTiles, \
+                                                             acc_t<T>*);                        \
+  template __global__ void bce_fused_kernel<T, kBlockSum>(const BceParams<T>, const BceTiles,    \
+                                                          acc_t<T>*);                           \
+  template __global__ void bce_fused_kernel<T, kTileSum>(const BceParams<T>, const BceTiles,     \
+                                                         acc_t<T>*);                            \
   template __global__ void bce_fused_kernel<T, kElementwise, math::BceModulated>(               \
-      const BceParams<T>, const int64_t, const int64_t, acc_t<T>*);                             \
+      const BceParams<T>, const BceTiles, acc_t<T>*);                                           \
   template __global__ void bce_fused_kernel<T, kBlockSum, math::BceModulated>(                  \
-      const BceParams<T>, const int64_t, const int64_t, acc_t<T>*);                             \
+      const BceParams<T>, const BceTiles, acc_t<T>*);                                           \
   template __global__ void bce_fused_kernel<T, kTileSum, math::BceModulated>(                   \
-      const BceParams<T>, const int64_t, const int64_t, acc_t<T>*);                             \
+      const BceParams<T>, const BceTiles, acc_t<T>*);                                           \
   template __global__ void sum_partials_kernel<T>(const acc_t<T>*, const int64_t, const double,  \
                                                   T*);                                          \
   template __global__ void row_sums_kernel<T>(const acc_t<T>*, const int64_t, const int64_t,     \
