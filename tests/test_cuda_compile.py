@@ -21,9 +21,9 @@ _spec.loader.exec_module(_build_config)  # the default CUDA architectures (torch
 
 ARCHS = tuple("sm_" + a.replace(".", "") for a in _build_config.CUDA_ARCH_LIST.split(";"))
 # Kernels per element type in instantiate_kernels.cu: BCE's 3 fused modes for each of the 2 members
-# of the BCE family (plain, modulated), reduce.cuh's 2 second passes, the margin loss's direct kernel
-# and backward's in-place scale.
-KERNELS_PER_TYPE = 10
+# of the BCE family (plain, modulated) and 2 tilings (long rows, short rows), reduce.cuh's 2 second
+# passes, the margin loss's direct kernel and backward's in-place scale.
+KERNELS_PER_TYPE = 16
 TYPES = 4
 
 

@@ -127,28 +127,39 @@ __device__ __forceinline__ A bce_tile(const BceParams<T>& p, int64_t r, int64_t 
 }
 
 // The fused pass. partial: kBlockSum -> gridDim.x values, kTileSum -> rows * t.per_row values
-// (acc_t<T>), unused for kElementwise. Elem: the member of the BCE family.
-template <class T, int Mode, class Elem = math::BcePlain>
+// (acc_t<T>), unused for kElementwise. Elem: the member of the BCE family. Short: the short-rows
+// tiling (several rows a tile), a kernel of its own so that the long-row kernel keeps its row
+// uniform across the block (its row pointers stay in uniform registers).
+template <class T, int Mode, class Elem = math::BcePlain, bool Short = false>
 __global__ void bce_fused_kernel(const BceParams<T> p, const BceTiles t, acc_t<T>* partial) {
   using A = acc_t<T>;
   const A scale = static_cast<A>(p.scales.grad);
-  const int tid = static_cast<int>(threadIdx.x), groups = static_cast<int>(blockDim.x) / t.group;
-  const int lane = tid % t.group;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lanes = Short ? t.group : static_cast<int>(blockDim.x), lane = Short ? tid % lanes : tid;
   A block_acc = A(0);
   for (int64_t tile = blockIdx.x; tile < t.count; tile += gridDim.x) {  // uniform across the block
     const int64_t rt = tile / t.per_row, seg = tile - rt * t.per_row;
     const int64_t c0 = seg * t.cols;
     const int64_t n = p.cols - c0 < t.cols ? p.cols - c0 : t.cols;
-    // Group g takes rows g, g + groups, ... of the tile: t.rows / groups of them in every thread,
-    // rows past the end included (they add 0), so every lane reaches every warp/block sum.
-    for (int64_t r = rt * t.rows + tid / t.group, end = (rt + 1) * t.rows; r < end; r += groups) {
-      const A acc = r < p.rows ? bce_tile<Elem, T, A>(p, r, c0, n, scale, lane, t.group) : A(0);
+    // Row r's segment, by this thread's group of lanes; a row past the end adds 0.
+    const auto row = [&](int64_t r, bool valid) {
+      const A acc = valid ? bce_tile<Elem, T, A>(p, r, c0, n, scale, lane, lanes) : A(0);
       if constexpr (Mode == kTileSum) {
-        const A s = groups == 1 ? block_reduce_sum(acc) : group_reduce_sum(acc, t.group);
-        if (lane == 0 && r < p.rows) partial[r * t.per_row + seg] = s;
+        const A s = Short ? group_reduce_sum(acc, lanes) : block_reduce_sum(acc);
+        if (lane == 0 && valid) partial[r * t.per_row + seg] = s;
       } else if constexpr (Mode == kBlockSum) {
         block_acc += acc;
       }
+    };
+    if constexpr (Short) {
+      // Group g takes rows g, g + groups, ... of the tile: t.rows / groups of them in every
+      // thread, rows past the end included, so every lane reaches every warp/block sum.
+      const int groups = static_cast<int>(blockDim.x) / lanes;
+      for (int64_t r = rt * t.rows + tid / lanes, end = (rt + 1) * t.rows; r < end; r += groups) {
+        row(r, r < p.rows);
+      }
+    } else {
+      row(rt, true);  // the block on row rt: uniform, as are its row pointers
     }
   }
   if constexpr (Mode == kBlockSum) {

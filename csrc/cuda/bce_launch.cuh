@@ -14,6 +14,7 @@ struct BceLaunchShape {
   int block = 256;
   int64_t grid = 0;  // blocks of the fused kernel (0: nothing to do)
   BceTiles tiles;
+  bool short_rows = false;  // several rows a tile: bce_fused_kernel<..., Short = true>
   int64_t partials = 0;  // acc_t<T> elements the caller allocates for `partial`
   const char* error = nullptr;  // why a GPU would refuse a launch of bce_run, or null
 };
@@ -49,6 +50,7 @@ inline BceLaunchShape bce_launch_shape(int64_t rows, int64_t cols, int elem_size
     t.per_row = 1;
     t.rows = groups * (per_group > 1 ? per_group : 1);
     t.group = static_cast<int>(group);
+    s.short_rows = true;
   }
   t.count = (rows + t.rows - 1) / t.rows * t.per_row;
   s.grid = t.count < max_grid ? t.count : max_grid;
@@ -64,15 +66,15 @@ inline BceLaunchShape bce_launch_shape(int64_t rows, int64_t cols, int elem_size
 // kernel (CUDA: <<<grid, block, 0, stream>>> + launch check; tests: the SIMT emulator). `out` is
 // the reduced loss (a scalar, or rows values for soft margin 'none'); unused for BCE 'none'.
 // The fused kernel of member Elem in the shape's mode.
-template <class Elem, class T, class Launch>
+template <class Elem, bool Short, class T, class Launch>
 void bce_launch_fused(const BceParams<T>& p, const BceLaunchShape& s, acc_t<T>* partial,
                       Launch&& launch) {
   if (s.mode == kElementwise) {
-    launch(bce_fused_kernel<T, kElementwise, Elem>, s.grid, s.block, p, s.tiles, partial);
+    launch(bce_fused_kernel<T, kElementwise, Elem, Short>, s.grid, s.block, p, s.tiles, partial);
   } else if (s.mode == kBlockSum) {
-    launch(bce_fused_kernel<T, kBlockSum, Elem>, s.grid, s.block, p, s.tiles, partial);
+    launch(bce_fused_kernel<T, kBlockSum, Elem, Short>, s.grid, s.block, p, s.tiles, partial);
   } else {
-    launch(bce_fused_kernel<T, kTileSum, Elem>, s.grid, s.block, p, s.tiles, partial);
+    launch(bce_fused_kernel<T, kTileSum, Elem, Short>, s.grid, s.block, p, s.tiles, partial);
   }
 }
 
@@ -80,8 +82,12 @@ template <class T, class Launch>
 void bce_run(const BceParams<T>& p, const BceLaunchShape& s, acc_t<T>* partial, T* out,
              Launch&& launch) {
   if (s.grid > 0) {
-#define MLC_LAUNCH(K, E) \
-  if (p.variant.kind == K) bce_launch_fused<E>(p, s, partial, launch);
+#define MLC_LAUNCH(K, E)                                  \
+  if (p.variant.kind == K && s.short_rows) {              \
+    bce_launch_fused<E, true>(p, s, partial, launch);     \
+  } else if (p.variant.kind == K) {                       \
+    bce_launch_fused<E, false>(p, s, partial, launch);    \
+  }
     MLC_BCE_FAMILY(MLC_LAUNCH)
 #undef MLC_LAUNCH
   }

@@ -259,7 +259,7 @@ void check_short_row_tiles() {
           return mlc::cuda::bce_launch_shape(rows, cols, elem_size, red, row_mean, kBlock, 1056);
         };
         const auto ref = shape(1, int64_t(1) << 20);
-        EMU_CHECK(ref.tiles.rows == 1 && ref.tiles.group == kBlock,
+        EMU_CHECK(!ref.short_rows && ref.tiles.rows == 1 && ref.tiles.group == kBlock,
                   "elem %d: one long row is not one row segment a tile", elem_size);
         for (int64_t cols : {int64_t(4096), int64_t(128), int64_t(16)}) {
           const int64_t rows = (int64_t(1) << 20) / cols;
@@ -316,7 +316,7 @@ void run_short_rows(bool small, uint64_t& seed) {
         ++i;
         const auto s = mlc::cuda::bce_launch_shape(k.rows, k.cols, sizeof(T), red, row_mean,
                                                    k.block, k.max_grid);
-        EMU_CHECK(s.tiles.rows > 1 && s.tiles.count < k.rows,
+        EMU_CHECK(s.short_rows && s.tiles.rows > 1 && s.tiles.count < k.rows,
                   "%" PRId64 "x%" PRId64 ": not several rows a tile", k.rows, k.cols);
         run_case<T>(k, seed++);
       }
@@ -578,6 +578,17 @@ int main(int argc, char** argv) {
     k.reduction = mlc::kNone;
     run_case<float>(k, seed++);
     return emu::finish("test_bce_emu fault-reuse");
+  }
+  if (mode == "fault-group") {  // soft margin 'none' on rows of two warps each (group 64)
+    Case k;
+    k.rows = 12;
+    k.cols = 600;
+    k.block = 256;
+    k.max_grid = 2;
+    k.row_mean = true;
+    k.reduction = mlc::kNone;
+    run_case<float>(k, seed++);
+    return emu::finish("test_bce_emu fault-group");
   }
   if (mode == "fault-tail") {  // a single aligned row whose length is not a multiple of 4
     Case k;

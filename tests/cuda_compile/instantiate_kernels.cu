@@ -10,19 +10,19 @@
 #include "cuda/scale_kernel.cuh"
 
 namespace mlc::cuda {
+// The fused BCE kernel of each mode, member and tiling (long rows, short rows).
+#define MLC_INSTANTIATE_FUSED(T, E, S)                                                          \
+  template __global__ void bce_fused_kernel<T, kElementwise, E, S>(const BceParams<T>,         \
+                                                                   const BceTiles, acc_t<T>*); \
+  template __global__ void bce_fused_kernel<T, kBlockSum, E, S>(const BceParams<T>,            \
+                                                                const BceTiles, acc_t<T>*);    \
+  template __global__ void bce_fused_kernel<T, kTileSum, E, S>(const BceParams<T>,             \
+                                                               const BceTiles, acc_t<T>*);
 #define MLC_INSTANTIATE_BCE(T)                                                                   \
-  template __global__ void bce_fused_kernel<T, kElementwise>(const BceParams<T>, const BceTiles, \
-                                                             acc_t<T>*);                        \
-  template __global__ void bce_fused_kernel<T, kBlockSum>(const BceParams<T>, const BceTiles,    \
-                                                          acc_t<T>*);                           \
-  template __global__ void bce_fused_kernel<T, kTileSum>(const BceParams<T>, const BceTiles,     \
-                                                         acc_t<T>*);                            \
-  template __global__ void bce_fused_kernel<T, kElementwise, math::BceModulated>(               \
-      const BceParams<T>, const BceTiles, acc_t<T>*);                                           \
-  template __global__ void bce_fused_kernel<T, kBlockSum, math::BceModulated>(                  \
-      const BceParams<T>, const BceTiles, acc_t<T>*);                                           \
-  template __global__ void bce_fused_kernel<T, kTileSum, math::BceModulated>(                   \
-      const BceParams<T>, const BceTiles, acc_t<T>*);                                           \
+  MLC_INSTANTIATE_FUSED(T, math::BcePlain, false)                                               \
+  MLC_INSTANTIATE_FUSED(T, math::BcePlain, true)                                                \
+  MLC_INSTANTIATE_FUSED(T, math::BceModulated, false)                                           \
+  MLC_INSTANTIATE_FUSED(T, math::BceModulated, true)                                            \
   template __global__ void sum_partials_kernel<T>(const acc_t<T>*, const int64_t, const double,  \
                                                   T*);                                          \
   template __global__ void row_sums_kernel<T>(const acc_t<T>*, const int64_t, const int64_t,     \
