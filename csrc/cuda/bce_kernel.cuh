@@ -74,7 +74,7 @@ __device__ __forceinline__ void bce_one(const Elem& f, const TileRow<T>& t, int6
 // segment's grad/loss, and its loss sum.
 template <class Elem, class T, class A>
 __device__ __forceinline__ A bce_tile(const BceParams<T>& p, int64_t r, int64_t c0, int64_t n,
-                                      A scale, int lane, int lanes) {
+                                      A scale, unsigned lane, unsigned lanes) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));
   const Elem f(p.variant);
   TileRow<T> t;
@@ -134,8 +134,9 @@ template <class T, int Mode, class Elem = math::BcePlain, bool Short = false>
 __global__ void bce_fused_kernel(const BceParams<T> p, const BceTiles t, acc_t<T>* partial) {
   using A = acc_t<T>;
   const A scale = static_cast<A>(p.scales.grad);
-  const int tid = static_cast<int>(threadIdx.x);
-  const int lanes = Short ? t.group : static_cast<int>(blockDim.x), lane = Short ? tid % lanes : tid;
+  // unsigned, as threadIdx / blockDim are: the long-row kernel then reads them as before.
+  const unsigned tid = threadIdx.x, lanes = Short ? static_cast<unsigned>(t.group) : blockDim.x;
+  const unsigned lane = Short ? tid % lanes : tid;
   A block_acc = A(0);
   for (int64_t tile = blockIdx.x; tile < t.count; tile += gridDim.x) {  // uniform across the block
     const int64_t rt = tile / t.per_row, seg = tile - rt * t.per_row;
@@ -145,7 +146,7 @@ __global__ void bce_fused_kernel(const BceParams<T> p, const BceTiles t, acc_t<T
     const auto row = [&](int64_t r, bool valid) {
       const A acc = valid ? bce_tile<Elem, T, A>(p, r, c0, n, scale, lane, lanes) : A(0);
       if constexpr (Mode == kTileSum) {
-        const A s = Short ? group_reduce_sum(acc, lanes) : block_reduce_sum(acc);
+        const A s = Short ? group_reduce_sum(acc, static_cast<int>(lanes)) : block_reduce_sum(acc);
         if (lane == 0 && valid) partial[r * t.per_row + seg] = s;
       } else if constexpr (Mode == kBlockSum) {
         block_acc += acc;
@@ -154,7 +155,7 @@ __global__ void bce_fused_kernel(const BceParams<T> p, const BceTiles t, acc_t<T
     if constexpr (Short) {
       // Group g takes rows g, g + groups, ... of the tile: t.rows / groups of them in every
       // thread, rows past the end included, so every lane reaches every warp/block sum.
-      const int groups = static_cast<int>(blockDim.x) / lanes;
+      const unsigned groups = blockDim.x / lanes;
       for (int64_t r = rt * t.rows + tid / lanes, end = (rt + 1) * t.rows; r < end; r += groups) {
         row(r, r < p.rows);
       }
