@@ -143,6 +143,34 @@ def test_non_contiguous_arguments(expect_impl, device, layout, reduction):
         torch.testing.assert_close(g, g_native, **tol(torch.float64))
 
 
+# Short rows the plan cannot read as one long row: a (C,) weight / pos_weight broadcast over rows,
+# sliced (padded) rows, soft margin 'none' (a sum a row). On CUDA several such rows share a block
+# (csrc/cuda/bce_launch.cuh; the shapes of its launch-shape test in tests/cpp/test_bce_emu.cpp).
+# float64 and bfloat16: 2 and 8 elements a 128-bit access (float32's are the emulation's, whose
+# oracle scales its tolerance with the terms: on 10^6 elements a float32 loss near 0 from terms near
+# 10 is off by an ulp of 10, more than conftest's float32 atol).
+@pytest.mark.parametrize("shape", [(4096, 128), (65536, 16), (999, 3)], ids=str)
+@pytest.mark.parametrize("sliced", [False, True], ids=["contiguous", "sliced"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_short_rows_with_class_weights(expect_impl, device, dtype, reduction, sliced, shape):
+    n, c = shape
+    on = dict(dtype=dtype, device=device)
+    x = (torch.randn(n, c + 3, **on) * 3)[:, 1:c + 1] if sliced else torch.randn(n, c, **on) * 3
+    y, w = torch.rand(n, c, **on), torch.rand(c, **on) + 0.5
+    x.requires_grad_()
+    for loss, weight, pos_weight in [("bce", None, w), ("bce", w, w), ("soft_margin", w, None)]:
+        with expect_impl(loss, device):
+            ours, (g,) = _run(MF, loss, x, y, weight, pos_weight, reduction, [x])
+            again, (g_again,) = _run(MF, loss, x, y, weight, pos_weight, reduction, [x])
+        assert torch.equal(ours, again) and torch.equal(g, g_again)  # a fixed summation order
+        as64 = [None if t is None else t.detach().double() for t in (x, y, weight, pos_weight)]
+        as64[0].requires_grad_()
+        native, (g_native,) = _run(F, loss, *as64, reduction, [as64[0]])
+        torch.testing.assert_close(ours.double(), native.to(dtype).double(), **tol(dtype))
+        torch.testing.assert_close(g.double(), g_native.to(dtype).double(), **tol(dtype))
+
+
 @pytest.mark.parametrize("loss", ["bce", "soft_margin"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_target_gradient(expect_impl, device, loss, reduction):

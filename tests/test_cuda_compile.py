@@ -21,12 +21,12 @@ _spec.loader.exec_module(_build_config)  # the default CUDA architectures (torch
 
 ARCHS = tuple("sm_" + a.replace(".", "") for a in _build_config.CUDA_ARCH_LIST.split(";"))
 # Kernels per element type in instantiate_kernels.cu: BCE's 3 fused modes for each of the 2 members
-# of the BCE family (plain, modulated), reduce.cuh's 2 second passes, the margin loss's kernel
-# and backward's in-place scale.
-KERNELS_PER_TYPE = 10
+# of the BCE family (plain, modulated) and 2 tilings (long rows, short rows), reduce.cuh's 2 second
+# passes, the margin loss's kernel and backward's in-place scale.
+KERNELS_PER_TYPE = 16
 TYPES = 4
-# Plain BCE's 3 modes with bce_chunk_'s CSR target, for float and double only.
-CSR_KERNELS = 6
+# Plain BCE's 3 modes and 2 tilings with bce_chunk_'s CSR target, for float and double only.
+CSR_KERNELS = 12
 
 
 def find_nvcc():

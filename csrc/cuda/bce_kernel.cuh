@@ -5,10 +5,12 @@
 // header tests/cpp/simt_emu.h, so it uses only what that header emulates: threadIdx/blockIdx/
 // blockDim/gridDim, __syncthreads, __shfl_down_sync, static __shared__ arrays. No CUB.
 //
-// Work decomposition: a tile is (row, segment of `tile_cols` columns); block b handles tiles
-// b, b + gridDim.x, ... (grid capped by the launcher). Every reduction is two-pass and in a fixed
-// order (per-thread strided sums -> warp shuffle tree -> per-warp slots -> warp 0), so a result is
-// bitwise identical run to run for the same grid, i.e. on the same device.
+// Work decomposition (BceTiles): a tile is one segment of `cols` columns of `rows` rows; block b
+// handles tiles b, b + gridDim.x, ... (grid capped by the launcher). Long rows: one row segment a
+// tile, the whole block on it. Short rows: several rows a tile, `group` threads a row. Every
+// reduction is two-pass and in a fixed order (per-thread strided sums -> warp shuffle tree ->
+// per-warp slots -> warp 0), so a result is bitwise identical run to run for the same grid, i.e.
+// on the same device.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -25,7 +27,20 @@ namespace mlc::cuda {
 enum BceMode : int {
   kElementwise = 0,  // BCE 'none': loss written per element, no sums
   kBlockSum = 1,     // 'mean' / 'sum': one partial per block, then sum_partials_kernel
-  kTileSum = 2,      // soft margin 'none': one partial per tile, then row_sums_kernel
+  kTileSum = 2,      // soft margin 'none': one partial per row segment, then row_sums_kernel
+};
+
+// How bce_fused_kernel splits the (rows, cols) problem; chosen by bce_launch_shape. A tile is one
+// segment of `cols` columns (`per_row` segments a row) of `rows` rows (the tile's rows are
+// `rows`-aligned), worked on by groups of `group` threads, one row at a time per group:
+// - long rows: rows 1, group = the block (one row segment a tile, as wide as the block's accesses);
+// - short rows: per_row 1, group a power of two below the block, rows a multiple of the block's
+//   groups, so that a tile still holds about a long row's tile of elements and every thread has a
+//   row to work on.
+struct BceTiles {
+  int64_t cols = 0, per_row = 0, rows = 1;
+  int64_t count = 0;  // tiles: ceil(problem rows / rows) * per_row
+  int group = 0;
 };
 
 // How a tile reads its target: tgt.pack<V>(i) is the i-th V-vector of the tile's columns,
@@ -98,11 +113,11 @@ __device__ __forceinline__ void bce_one(const Elem& f, const TileRow<T>& t, int6
   }
 }
 
-// This thread's share of tile (r, [c0, c0 + n)): writes grad/loss, returns its loss sum.
-// Target: DenseTileTarget or CsrTileTarget.
+// Lane `lane` of the `lanes` threads on row segment (r, [c0, c0 + n)): its share of the
+// segment's grad/loss, and its loss sum. Target: DenseTileTarget or CsrTileTarget.
 template <class Elem, template <class> class Target, class T, class A>
 __device__ __forceinline__ A bce_tile(const BceParams<T>& p, int64_t r, int64_t c0, int64_t n,
-                                      A scale) {
+                                      A scale, unsigned lane, unsigned lanes) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));
   const Elem f(p.variant);
   TileRow<T> t;
@@ -128,7 +143,7 @@ __device__ __forceinline__ A bce_tile(const BceParams<T>& p, int64_t r, int64_t 
   if (vec) {
     using P = Pack<T, V>;
     const int64_t nvec = n / V;
-    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+    for (int64_t i = lane; i < nvec; i += lanes) {
       const P xv = reinterpret_cast<const P*>(t.x)[i];
       const P yv = y.template pack<V>(i);
       P wv, pv, gv, lv;
@@ -150,33 +165,49 @@ __device__ __forceinline__ A bce_tile(const BceParams<T>& p, int64_t r, int64_t 
     done = nvec * V;
     if (t.loss) acc = A(0);  // elementwise mode sums nothing
   }
-  for (int64_t c = done + threadIdx.x; c < n; c += blockDim.x) {
+  for (int64_t c = done + lane; c < n; c += lanes) {
     bce_one(f, t, c, static_cast<A>(y.at(c)), w0, p0, scale, acc);
   }
   return acc;
 }
 
-// The fused pass. partial: kBlockSum -> gridDim.x values, kTileSum -> rows * tiles_per_row values
-// (acc_t<T>), unused for kElementwise. Elem: the member of the BCE family; Target: how the
-// target is read (DenseTileTarget, or CsrTileTarget for p.csr).
-template <class T, int Mode, class Elem = math::BcePlain,
+// The fused pass. partial: kBlockSum -> gridDim.x values, kTileSum -> rows * t.per_row values
+// (acc_t<T>), unused for kElementwise. Elem: the member of the BCE family. Short: the short-rows
+// tiling (several rows a tile), a kernel of its own so that the long-row kernel keeps its row
+// uniform across the block (its row pointers stay in uniform registers). Target: how the target
+// is read (DenseTileTarget, or CsrTileTarget for p.csr).
+template <class T, int Mode, class Elem = math::BcePlain, bool Short = false,
           template <class> class Target = DenseTileTarget>
-__global__ void bce_fused_kernel(const BceParams<T> p, const int64_t tile_cols,
-                                 const int64_t tiles_per_row, acc_t<T>* partial) {
+__global__ void bce_fused_kernel(const BceParams<T> p, const BceTiles t, acc_t<T>* partial) {
   using A = acc_t<T>;
   const A scale = static_cast<A>(p.scales.grad);
-  const int64_t tiles = p.rows * tiles_per_row;
+  // unsigned, as threadIdx / blockDim are: the long-row kernel then reads them as before.
+  const unsigned tid = threadIdx.x, lanes = Short ? static_cast<unsigned>(t.group) : blockDim.x;
+  const unsigned lane = Short ? tid % lanes : tid;
   A block_acc = A(0);
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {  // uniform across the block
-    const int64_t r = tile / tiles_per_row;
-    const int64_t c0 = (tile - r * tiles_per_row) * tile_cols;
-    const int64_t n = p.cols - c0 < tile_cols ? p.cols - c0 : tile_cols;
-    const A acc = bce_tile<Elem, Target, T, A>(p, r, c0, n, scale);
-    if constexpr (Mode == kTileSum) {
-      const A s = block_reduce_sum(acc);
-      if (threadIdx.x == 0) partial[tile] = s;
-    } else if constexpr (Mode == kBlockSum) {
-      block_acc += acc;
+  for (int64_t tile = blockIdx.x; tile < t.count; tile += gridDim.x) {  // uniform across the block
+    const int64_t rt = tile / t.per_row, seg = tile - rt * t.per_row;
+    const int64_t c0 = seg * t.cols;
+    const int64_t n = p.cols - c0 < t.cols ? p.cols - c0 : t.cols;
+    // Row r's segment, by this thread's group of lanes; a row past the end adds 0.
+    const auto row = [&](int64_t r, bool valid) {
+      const A acc = valid ? bce_tile<Elem, Target, T, A>(p, r, c0, n, scale, lane, lanes) : A(0);
+      if constexpr (Mode == kTileSum) {
+        const A s = Short ? group_reduce_sum(acc, static_cast<int>(lanes)) : block_reduce_sum(acc);
+        if (lane == 0 && valid) partial[r * t.per_row + seg] = s;
+      } else if constexpr (Mode == kBlockSum) {
+        block_acc += acc;
+      }
+    };
+    if constexpr (Short) {
+      // Group g takes rows g, g + groups, ... of the tile: t.rows / groups of them in every
+      // thread, rows past the end included, so every lane reaches every warp/block sum.
+      const unsigned groups = blockDim.x / lanes;
+      for (int64_t r = rt * t.rows + tid / lanes, end = (rt + 1) * t.rows; r < end; r += groups) {
+        row(r, r < p.rows);
+      }
+    } else {
+      row(rt, true);  // the block on row rt: uniform, as are its row pointers
     }
   }
   if constexpr (Mode == kBlockSum) {

@@ -13,11 +13,19 @@ namespace mlc::cuda {
 // for the launch-shape checks.
 constexpr int64_t kBlockSumSmem = kMaxWarps * static_cast<int64_t>(sizeof(double));
 constexpr int64_t kBlockMinSmem = (kMaxWarps + 1) * static_cast<int64_t>(sizeof(int64_t));
+constexpr int64_t kGroupSumSmem = kBlockSumSmem;  // group_reduce_sum's own per-warp slots
+
+// Sums over aligned segments of `width` lanes (a power of two <= 32), valid in each segment's first
+// lane: a fixed shuffle tree. Every lane of the warp must call it (the shuffles name all 32).
+template <class A>
+__device__ __forceinline__ A segment_reduce_sum(A v, int width) {
+  for (int offset = width / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  return v;
+}
 
 template <class A>
 __device__ __forceinline__ A warp_reduce_sum(A v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-  return v;
+  return segment_reduce_sum(v, kWarp);
 }
 
 // Sum over the block, valid in thread 0. blockDim.x must be a multiple of 32 (<= 1024) and every
@@ -32,6 +40,25 @@ __device__ __forceinline__ A block_reduce_sum(A v) {
   if (lane == 0) warp_sums[warp] = v;
   __syncthreads();
   if (warp == 0) v = warp_reduce_sum(lane < warps ? warp_sums[lane] : A(0));
+  return v;
+}
+
+// Sums over aligned groups of `group` threads (a power of two, below the block size), valid in each
+// group's first thread: segment_reduce_sum within a warp; for groups of whole warps, the warp sums
+// of the group added in warp order by its first thread. Every thread of the block must call it
+// (it contains barriers when group > 32).
+template <class A>
+__device__ __forceinline__ A group_reduce_sum(A v, int group) {
+  if (group <= kWarp) return segment_reduce_sum(v, group);
+  __shared__ A group_warp_sums[kMaxWarps];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  v = warp_reduce_sum(v);
+  __syncthreads();  // the groups' first threads may still be reading the previous call's sums
+  if (lane == 0) group_warp_sums[warp] = v;
+  __syncthreads();
+  if (threadIdx.x % group == 0) {
+    for (int w = 1; w < group / kWarp; ++w) v += group_warp_sums[warp + w];
+  }
   return v;
 }
 

@@ -167,7 +167,7 @@ void run_case(const Case& k, uint64_t seed) {
                 "%s %s R=%" PRId64 " C=%" PRId64 " w=%s pw=%s red=%d off=%d pad=%" PRId64
                 " block=%d tile=%" PRId64,
                 emu::type_name<T>(), k.row_mean ? "soft_margin" : "bce", R, C, wmode_name(k.wmode),
-                wmode_name(k.pwmode), k.reduction, k.offset, k.pad, k.block, s.tile_cols);
+                wmode_name(k.pwmode), k.reduction, k.offset, k.pad, k.block, s.tiles.cols);
   int bad = 0;
   for (int64_t r = 0; r < R; ++r)
     for (int64_t c = 0; c < C; ++c) {
@@ -234,7 +234,8 @@ void run_case(const Case& k, uint64_t seed) {
 void check_launch_shapes() {
   for (int elem_size : {2, 4, 8})
     for (int64_t rows : {int64_t(0), int64_t(1), int64_t(1000), int64_t(1) << 31})
-      for (int64_t cols : {int64_t(0), int64_t(1), int64_t(4097), int64_t(1) << 31})
+      for (int64_t cols : {int64_t(0), int64_t(1), int64_t(16), int64_t(129), int64_t(4097),
+                           int64_t(1) << 31})
         for (int64_t max_grid : {int64_t(1), int64_t(1056), int64_t(8) << 10})
           for (int red : {mlc::kNone, mlc::kMean, mlc::kSum})
             for (bool row_mean : {false, true}) {
@@ -243,6 +244,82 @@ void check_launch_shapes() {
               EMU_CHECK(s.error == nullptr, "elem %d rows=%" PRId64 " cols=%" PRId64 ": %s",
                         elem_size, rows, cols, s.error);
             }
+}
+
+// Short rows (cols below the tile width) share a block: 4096x128 and 65536x16 get tiles of as
+// many elements, as many tiles, and as many threads at work a tile, with as many 128-bit accesses
+// each, as 256x4096 and one row of 2^20 get, so they move memory as a long-row problem does.
+void check_short_row_tiles() {
+  using mlc::cuda::kBlock;
+  for (int elem_size : {2, 4, 8})
+    for (int red : {mlc::kNone, mlc::kMean, mlc::kSum})
+      for (bool row_mean : {false, true}) {
+        const int64_t vec = 16 / elem_size;
+        const auto shape = [&](int64_t rows, int64_t cols) {
+          return mlc::cuda::bce_launch_shape(rows, cols, elem_size, red, row_mean, kBlock, 1056);
+        };
+        const auto ref = shape(1, int64_t(1) << 20);
+        EMU_CHECK(!ref.short_rows && ref.tiles.rows == 1 && ref.tiles.group == kBlock,
+                  "elem %d: one long row is not one row segment a tile", elem_size);
+        for (int64_t cols : {int64_t(4096), int64_t(128), int64_t(16)}) {
+          const int64_t rows = (int64_t(1) << 20) / cols;
+          const auto s = shape(rows, cols);
+          const mlc::cuda::BceTiles& t = s.tiles;
+          const int64_t groups = kBlock / t.group, seg = cols < t.cols ? cols : t.cols;
+          char where[96];
+          std::snprintf(where, sizeof where, "elem %d %" PRId64 "x%" PRId64 " (group %d, %" PRId64
+                        " rows a tile)", elem_size, rows, cols, t.group, t.rows);
+          EMU_CHECK(kBlock % t.group == 0 && t.rows % groups == 0 && (t.rows == 1 || t.per_row == 1),
+                    "%s: not whole rows in whole groups", where);
+          EMU_CHECK(t.rows * seg == ref.tiles.cols && t.count == ref.tiles.count && s.grid == ref.grid,
+                    "%s: %" PRId64 " elements a tile, %" PRId64 " tiles; one long row: %" PRId64
+                    ", %" PRId64, where, t.rows * seg, t.count, ref.tiles.cols, ref.tiles.count);
+          // Every lane of a group has the same number of 128-bit accesses a row, at most 4, and
+          // exactly one while a row fits in a warp (a warp's accesses are consecutive).
+          const int64_t accesses = seg / vec;
+          EMU_CHECK(accesses % t.group == 0 && accesses / t.group <= 4 &&
+                        (t.group >= 32 || accesses == t.group),
+                    "%s: lanes with unequal work", where);
+        }
+      }
+}
+
+// Short rows (several rows a tile): odd row counts (the last tile partly past the end), cols 1,
+// odd and padded rows (per-row alignment: 128-bit or scalar), every weight / pos_weight
+// broadcast, the launcher's block and a small one, several tiles a block.
+template <class T>
+void run_short_rows(bool small, uint64_t& seed) {
+  struct Shape { int64_t rows, cols, pad; int block; int64_t max_grid; };
+  // Groups of 1 to 32 lanes (a warp segment) and of 2 or 4 warps (600 and 1000 columns, block 256).
+  std::vector<Shape> shapes = {{300, 16, 0, 256, 3}, {70, 128, 0, 256, 2}, {45, 1, 0, 64, 3},
+                               {33, 5, 3, 64, 2},    {19, 100, 1, 64, 4},  {130, 24, 8, 64, 3},
+                               {37, 600, 2, 256, 3}, {21, 1000, 0, 256, 2}};
+  if (small) shapes = {{300, 16, 0, 256, 2}, {33, 5, 3, 64, 2}, {37, 600, 2, 256, 2}};
+  int i = 0;
+  for (const Shape& sh : shapes)
+    for (int red : {mlc::kNone, mlc::kMean, mlc::kSum})
+      for (bool row_mean : {false, true}) {
+        Case k;
+        k.rows = sh.rows;
+        k.cols = sh.cols;
+        k.pad = sh.pad;
+        k.block = sh.block;
+        k.max_grid = sh.max_grid;
+        k.reduction = red;
+        k.row_mean = row_mean;
+        // (C,) weight / pos_weight first: the broadcasts the plan cannot flatten.
+        k.wmode = (kPerCol + i) % kWModes;
+        k.pwmode = i % 3 == 2 ? kFull : kPerCol;
+        k.offset = i % 3;
+        k.grad = i % 4 != 3;
+        k.repeat = i % 3 == 0;
+        ++i;
+        const auto s = mlc::cuda::bce_launch_shape(k.rows, k.cols, sizeof(T), red, row_mean,
+                                                   k.block, k.max_grid);
+        EMU_CHECK(s.short_rows && s.tiles.rows > 1 && s.tiles.count < k.rows,
+                  "%" PRId64 "x%" PRId64 ": not several rows a tile", k.rows, k.cols);
+        run_case<T>(k, seed++);
+      }
 }
 
 // small (sanitizer builds): every shape for float, a few for the 2-byte types, and the weight x
@@ -622,6 +699,8 @@ void run_modulated(bool small, uint64_t& seed) {
       }
       const int64_t R = (i % 2) ? 3 : 1, C = (i % 4) ? 77 : 300;
       run_modulated_case<T>(R, C, red, i % kWModes, (i / 2) % 2, a, i % 3 == 0 ? 1 : 3, seed++);
+      // Short rows, several a tile, with a (C,) weight.
+      run_modulated_case<T>(i % 2 ? 150 : 41, i % 2 ? 16 : 3, red, kPerCol, i % 2, a, 3, seed++);
       ++i;
     }
 }
@@ -655,6 +734,17 @@ int main(int argc, char** argv) {
     run_case<float>(k, seed++);
     return emu::finish("test_bce_emu fault-reuse");
   }
+  if (mode == "fault-group") {  // soft margin 'none' on rows of two warps each (group 64)
+    Case k;
+    k.rows = 12;
+    k.cols = 600;
+    k.block = 256;
+    k.max_grid = 2;
+    k.row_mean = true;
+    k.reduction = mlc::kNone;
+    run_case<float>(k, seed++);
+    return emu::finish("test_bce_emu fault-group");
+  }
   if (mode == "fault-tail") {  // a single aligned row whose length is not a multiple of 4
     Case k;
     k.rows = 1;
@@ -670,10 +760,15 @@ int main(int argc, char** argv) {
   }
   const bool small = mode == "small";
   check_launch_shapes();
+  check_short_row_tiles();
   run_all<float>(small, seed);
   if (!small) run_all<double>(small, seed);
   if (!small) run_all<Half>(small, seed);
   run_all<BF16>(small, seed);
+  run_short_rows<float>(small, seed);
+  if (!small) run_short_rows<double>(small, seed);
+  if (!small) run_short_rows<Half>(small, seed);
+  run_short_rows<BF16>(small, seed);
   run_modulated<float>(small, seed);
   run_modulated<double>(small, seed);
   if (!small) run_modulated<Half>(small, seed);

@@ -10,19 +10,19 @@
 #include "cuda/scale_kernel.cuh"
 
 namespace mlc::cuda {
+// The fused BCE kernel of each mode, member and tiling (long rows, short rows).
+#define MLC_INSTANTIATE_FUSED(T, E, S)                                                          \
+  template __global__ void bce_fused_kernel<T, kElementwise, E, S>(const BceParams<T>,         \
+                                                                   const BceTiles, acc_t<T>*); \
+  template __global__ void bce_fused_kernel<T, kBlockSum, E, S>(const BceParams<T>,            \
+                                                                const BceTiles, acc_t<T>*);    \
+  template __global__ void bce_fused_kernel<T, kTileSum, E, S>(const BceParams<T>,             \
+                                                               const BceTiles, acc_t<T>*);
 #define MLC_INSTANTIATE_BCE(T)                                                                   \
-  template __global__ void bce_fused_kernel<T, kElementwise>(const BceParams<T>, const int64_t, \
-                                                             const int64_t, acc_t<T>*);         \
-  template __global__ void bce_fused_kernel<T, kBlockSum>(const BceParams<T>, const int64_t,    \
-                                                          const int64_t, acc_t<T>*);            \
-  template __global__ void bce_fused_kernel<T, kTileSum>(const BceParams<T>, const int64_t,     \
-                                                         const int64_t, acc_t<T>*);             \
-  template __global__ void bce_fused_kernel<T, kElementwise, math::BceModulated>(               \
-      const BceParams<T>, const int64_t, const int64_t, acc_t<T>*);                             \
-  template __global__ void bce_fused_kernel<T, kBlockSum, math::BceModulated>(                  \
-      const BceParams<T>, const int64_t, const int64_t, acc_t<T>*);                             \
-  template __global__ void bce_fused_kernel<T, kTileSum, math::BceModulated>(                   \
-      const BceParams<T>, const int64_t, const int64_t, acc_t<T>*);                             \
+  MLC_INSTANTIATE_FUSED(T, math::BcePlain, false)                                               \
+  MLC_INSTANTIATE_FUSED(T, math::BcePlain, true)                                                \
+  MLC_INSTANTIATE_FUSED(T, math::BceModulated, false)                                           \
+  MLC_INSTANTIATE_FUSED(T, math::BceModulated, true)                                            \
   template __global__ void sum_partials_kernel<T>(const acc_t<T>*, const int64_t, const double,  \
                                                   T*);                                          \
   template __global__ void row_sums_kernel<T>(const acc_t<T>*, const int64_t, const int64_t,     \
@@ -32,16 +32,18 @@ MLC_INSTANTIATE_BCE(double)
 MLC_INSTANTIATE_BCE(c10::Half)
 MLC_INSTANTIATE_BCE(c10::BFloat16)
 
-// bce_chunk_'s CSR target (its plan takes float and double only).
-#define MLC_INSTANTIATE_BCE_CSR(T)                                                                \
-  template __global__ void bce_fused_kernel<T, kElementwise, math::BcePlain, CsrTileTarget>(    \
-      const BceParams<T>, const int64_t, const int64_t, acc_t<T>*);                             \
-  template __global__ void bce_fused_kernel<T, kBlockSum, math::BcePlain, CsrTileTarget>(       \
-      const BceParams<T>, const int64_t, const int64_t, acc_t<T>*);                             \
-  template __global__ void bce_fused_kernel<T, kTileSum, math::BcePlain, CsrTileTarget>(        \
-      const BceParams<T>, const int64_t, const int64_t, acc_t<T>*);
-MLC_INSTANTIATE_BCE_CSR(float)
-MLC_INSTANTIATE_BCE_CSR(double)
+// bce_chunk_'s CSR target, both tilings (its plan takes float and double only).
+#define MLC_INSTANTIATE_FUSED_CSR(T, S)                                                          \
+  template __global__ void bce_fused_kernel<T, kElementwise, math::BcePlain, S, CsrTileTarget>( \
+      const BceParams<T>, const BceTiles, acc_t<T>*);                                           \
+  template __global__ void bce_fused_kernel<T, kBlockSum, math::BcePlain, S, CsrTileTarget>(    \
+      const BceParams<T>, const BceTiles, acc_t<T>*);                                           \
+  template __global__ void bce_fused_kernel<T, kTileSum, math::BcePlain, S, CsrTileTarget>(     \
+      const BceParams<T>, const BceTiles, acc_t<T>*);
+MLC_INSTANTIATE_FUSED_CSR(float, false)
+MLC_INSTANTIATE_FUSED_CSR(float, true)
+MLC_INSTANTIATE_FUSED_CSR(double, false)
+MLC_INSTANTIATE_FUSED_CSR(double, true)
 
 // The margin loss's kernel, direct and counting rows (its second passes are reduce.cuh's).
 #define MLC_INSTANTIATE_MARGIN(T)                                                               \
