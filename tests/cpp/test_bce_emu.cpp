@@ -468,9 +468,9 @@ void run_csr_case(const CsrCase& k, uint64_t seed) {
   char where[200];
   std::snprintf(where, sizeof where,
                 "csr %s R=%" PRId64 " C=%" PRId64 " first=%" PRId64 " values=%d pw=%s red=%d "
-                "row_mean=%d off=%d block=%d tile=%" PRId64,
+                "row_mean=%d off=%d block=%d tile=%" PRId64 " short=%d",
                 emu::type_name<T>(), R, C, first, k.values, wmode_name(k.pwmode), k.reduction,
-                k.row_mean, k.offset, k.block, s.tile_cols);
+                k.row_mean, k.offset, k.block, s.tiles.cols, s.short_rows);
   const double tol = emu::tolerance<T>();
   double total = 0, mag = 0;
   int bad = 0;
