@@ -23,7 +23,7 @@ LossArgumentError on all ranks instead of leaving the others waiting in a collec
 import torch
 import torch.distributed as dist
 
-from . import linear as _linear
+from . import _linear_stream, linear as _linear
 from ._errors import LossArgumentError
 from ._reduction import NONE, MEAN, code as _reduction_code
 from .metrics import linear_topk, precision_at_k
@@ -174,7 +174,7 @@ class _Plan:
         self.start, stop = ranges[rank]
         self.length = stop - self.start
 
-    def all_reduce(self, t):  # the margin stream's hook (linear._stream_margin's `shard`)
+    def all_reduce(self, t):  # the margin stream's hook (_linear_stream._stream_margin's `shard`)
         dist.all_reduce(t, group=self.group)
 
 
@@ -386,7 +386,7 @@ class _ShardedMargin(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, target, reduction, chunk, plan, need):
-        loss, grads = _linear._stream_margin(x, weight, bias, target, reduction, chunk, need,
+        loss, grads = _linear_stream._stream_margin(x, weight, bias, target, reduction, chunk, need,
                                              shard=plan)
         ctx.grads = grads.results(x, weight, bias)
         ctx.need = need

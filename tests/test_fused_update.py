@@ -13,7 +13,7 @@ import torch
 
 import multilabel_cuda
 from multilabel_cuda import LossArgumentError
-from multilabel_cuda import linear as L
+from multilabel_cuda import _linear_stream as stream, linear as L
 
 from test_linear import KINDS, fused, leaves, make_target, native
 
@@ -113,7 +113,7 @@ def test_equals_sgd(kind, reduction, opts):
 def test_chunks_blocks_no_bias_groups(kind, chunk, monkeypatch):
     """Chunk sizes, update blocks of 2 rows inside a chunk, no bias, and weight and bias in groups
     of their own (no weight decay on bias, a different lr)."""
-    monkeypatch.setattr(L._Grads, "_UPDATE_BYTES", 2 * 4 * 8)  # 2 rows of D = 4 float64
+    monkeypatch.setattr(stream._Grads, "_UPDATE_BYTES", 2 * 4 * 8)  # 2 rows of D = 4 float64
     n, d, c = 6, 4, 13
     opts = dict(lr=0.1, momentum=0.9, weight_decay=0.05, nesterov=True)
     x, w, b = leaves(n, d, c)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import multilabel_cuda
 from multilabel_cuda import LossArgumentError, _ops
-from multilabel_cuda import linear as L
+from multilabel_cuda import _linear_stream as stream, linear as L
 from multilabel_cuda.functional import (linear_binary_cross_entropy_with_logits as lin_bce,
                                         linear_multilabel_margin_loss as lin_margin,
                                         linear_multilabel_soft_margin_loss as lin_soft)
@@ -81,12 +81,12 @@ def chunk_backend(request, monkeypatch):
     multilabel_cuda.set_backend(request.param)
     calls = {"extension": 0, "reference": 0}
     for name in calls:
-        orig = getattr(L, f"_bce_chunk_{name}")
+        orig = getattr(stream, f"_bce_chunk_{name}")
 
         def spy(*args, _orig=orig, _name=name):
             calls[_name] += 1
             return _orig(*args)
-        monkeypatch.setattr(L, f"_bce_chunk_{name}", spy)
+        monkeypatch.setattr(stream, f"_bce_chunk_{name}", spy)
     yield request.param
     multilabel_cuda.set_backend("auto")
     other = "reference" if request.param == "extension" else "extension"
@@ -150,12 +150,12 @@ def test_chunk_size_independent(kind):
 def test_chunks_are_chunks(monkeypatch):
     """The chunk op only ever sees (N, <= chunk) logits; the default chunk follows its rule."""
     widths = []
-    orig = L._bce_chunk
+    orig = stream._bce_chunk
 
     def spy(logits, *args):
         widths.append(logits.shape)
         return orig(logits, *args)
-    monkeypatch.setattr(L, "_bce_chunk", spy)
+    monkeypatch.setattr(stream, "_bce_chunk", spy)
     x, w, b = leaves(3, 4, 1000, torch.float32)
     lin_bce(x, w, torch.rand(3, 1000), b, chunk_size=300).backward()
     assert widths == [(3, 300)] * 3 + [(3, 100)]
