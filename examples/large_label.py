@@ -69,9 +69,8 @@ def evaluate(model, x, targets, batch, chunk_size):
     return float(precision_at_k(top, targets, 1)), float(precision_at_k(top, targets, 5))
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_training_arguments(p):
+    """The data and training options, shared with sharded_large_label.py (same data, same run)."""
     p.add_argument("--labels", type=int, default=1 << 17)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--dim", type=int, default=64, help="feature dimension D")
@@ -84,8 +83,14 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=0.5)
     p.add_argument("--chunk-size", type=int, default=None, help="classes per chunk (default: "
                    "multilabel_cuda's rule)")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_arguments(p)
+    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     if args.positives > args.labels:
         p.error("--positives must not exceed --labels")

@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from large_label import make_data, peak_mib  # noqa: E402  (the single-process example's data)
+# The single-process example's options, data and memory probe: the same run, sharded.
+from large_label import add_training_arguments, make_data, peak_mib  # noqa: E402
 
 import multilabel_cuda  # noqa: E402
 from multilabel_cuda import SparseTargets  # noqa: E402
@@ -62,20 +63,9 @@ def evaluate(x, y, weight, bias, labels, batch, chunk_size, rank, world):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--labels", type=int, default=1 << 17)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--dim", type=int, default=64, help="feature dimension D")
-    p.add_argument("--train", type=int, default=8192, help="training samples")
-    p.add_argument("--test", type=int, default=2048, help="held-out samples")
-    p.add_argument("--positives", type=int, default=3, help="positive labels per sample")
-    p.add_argument("--noise", type=float, default=0.3, help="std of the noise per feature")
-    p.add_argument("--zipf", type=float, default=1.0, help="exponent of the label frequencies")
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=0.5)
-    p.add_argument("--chunk-size", type=int, default=None)
+    add_training_arguments(p)
     p.add_argument("--threads", type=int, default=None,
                    help="threads a rank (default: 2 shared by the ranks of this machine)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, the local rank's "
                    "GPU)")
     args = p.parse_args(argv)

@@ -2,6 +2,10 @@
 backend parametrizations, and `expect_impl`, which asserts which implementation produced a result."""
 import contextlib
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -130,3 +134,19 @@ def expect_impl(request, monkeypatch):
                 f"expected the reference {ref_name}; fused ops run: {fused}, reference calls: {counts}")
 
     return check
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_memory_probe(script):
+    """Runs `script` in a fresh process with the benchmark's memory settings (bench.compare:
+    every allocation its own mmap, so the RSS probe sees each buffer) and returns the JSON object of
+    its last output line."""
+    from bench.compare import MEMORY_ENV
+    env = dict(os.environ, **MEMORY_ENV)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + sys.path)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])

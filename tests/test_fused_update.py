@@ -2,10 +2,6 @@
 F.linear + the torch.nn.functional loss + loss.backward() + torch.optim.SGD.step(), over the
 optimizer's options, reductions, bias, pos_weight, dense and sparse targets and the three losses;
 dtypes; what it refuses; torch.compile and opcheck; and that no C x D gradient is ever allocated."""
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -15,9 +11,9 @@ import multilabel_cuda
 from multilabel_cuda import LossArgumentError
 from multilabel_cuda import _linear_stream as stream, linear as L
 
+from conftest import run_memory_probe
 from test_linear import KINDS, fused, leaves, make_target, native
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 OPTIONS = [dict(lr=0.1),
            dict(lr=0.1, momentum=0.9),
@@ -387,13 +383,7 @@ def test_memory_no_weight_gradient():
     """Peak extra host memory of a training step in weight sizes, with the benchmark's RSS probe
     (fresh process, every allocation its own mmap): the fused update's stays far below one weight
     (its buffers are O(N * chunk + block * D)); the plain step's holds the weight gradient."""
-    from bench.compare import MEMORY_ENV
-    env = dict(os.environ, **MEMORY_ENV)
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + sys.path)
-    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    peak = json.loads(proc.stdout.strip().splitlines()[-1])
+    peak = run_memory_probe(MEMORY_SCRIPT)
     assert peak["fused"] < 0.1, peak
     assert peak["plain"] > 0.95, peak
 

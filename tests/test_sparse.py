@@ -1,9 +1,5 @@
 """SparseTargets: constructors, canonical form, bad input, and the three losses with a sparse target
 against torch.nn.functional on the dense target it stands for; memory: no N x C target is built."""
-import json
-import os
-import subprocess
-import sys
 import textwrap
 import zlib
 
@@ -15,9 +11,8 @@ import multilabel_cuda
 import multilabel_cuda.functional as MF
 from multilabel_cuda import LossArgumentError, SparseTargets
 
-from conftest import tol
+from conftest import run_memory_probe, tol
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def dense_from_rows(rows, c, values=None, dtype=torch.float32):
@@ -493,13 +488,7 @@ def test_memory_no_dense_target():
     the benchmark (fresh process, every allocation its own mmap). The sparse path keeps at most the
     gradient and one N x C temporary (softplus(x), or the elementwise loss), and at least a target's
     worth below native on the dense target."""
-    from bench.compare import MEMORY_ENV
-    env = dict(os.environ, **MEMORY_ENV)
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + sys.path)
-    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    peak = json.loads(proc.stdout.strip().splitlines()[-1])
+    peak = run_memory_probe(MEMORY_SCRIPT)
     assert 0.95 < peak["target"] < 1.05, peak  # the probe sees a dense target as one buffer
     for loss in ("bce", "soft"):
         for red in ("none", "sum"):
