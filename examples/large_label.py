@@ -84,6 +84,7 @@ def add_training_arguments(p):
     p.add_argument("--chunk-size", type=int, default=None, help="classes per chunk (default: "
                    "multilabel_cuda's rule)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--print-steps", action="store_true", help="print every step's loss too")
 
 
 def main(argv=None):
@@ -145,6 +146,8 @@ def main(argv=None):
             opt.step()
             total += float(loss.detach())
             batches += 1
+            if args.print_steps:
+                print(f"step {epoch}.{batches} loss {float(loss.detach()):.6f}")
         p1, p5 = evaluate(model, x_test, test_targets, 1024, args.chunk_size)
         print(f"{epoch:>5} {total / batches:>9.4f} {p1:>6.3f} {p5:>6.3f} {peak_mib():>9.0f} "
               f"{time.perf_counter() - t:>7.1f}")

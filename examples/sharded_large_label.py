@@ -133,6 +133,8 @@ def main(argv=None):
             step_time += time.perf_counter() - ts
             steps += 1
             batches += 1
+            if args.print_steps:
+                say(f"step {epoch}.{batches} loss {float(loss.detach()):.6f}")
         p1, p5 = evaluate(x_test, y_test, weight, bias, args.labels, 1024, args.chunk_size, rank,
                           world)
         say(f"{epoch:>5} {total / batches:>9.4f} {p1:>6.3f} {p5:>6.3f} {peak_mib():>9.0f} "

@@ -4,7 +4,9 @@ import re
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+
+from conftest import ROOT
 
 
 def _run(script, *args, timeout=300):
@@ -43,8 +45,15 @@ def _table(out):
     return [line.split()[:4] for line in out.splitlines() if re.match(r"\s*\d+\s+[-\d]", line)]
 
 
+def _step_losses(out):
+    """Every step's loss (--print-steps), by step."""
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"^step (\S+) loss (\S+)$", out, re.M)}
+
+
 def test_sharded_large_label_matches_single_process():
-    args = ["--labels", "1024", "--epochs", "2", "--train", "1024", "--test", "256", "--dim", "32"]
+    args = ["--labels", "1024", "--epochs", "2", "--train", "1024", "--test", "256", "--dim", "32",
+            "--print-steps"]
     single = _run("large_label.py", *args)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -57,4 +66,8 @@ def test_sharded_large_label_matches_single_process():
     rows = _table(proc.stdout)
     assert [r[0] for r in rows] == ["0", "1", "2"], proc.stdout
     assert rows == _table(single), proc.stdout + single
+    steps, single_steps = _step_losses(proc.stdout), _step_losses(single)
+    assert len(steps) == 8 and steps.keys() == single_steps.keys(), proc.stdout + single
+    for step, loss in steps.items():  # the same losses, but for the order of the class sums
+        assert loss == pytest.approx(single_steps[step], rel=1e-5), (step, proc.stdout + single)
     assert re.search(r"rank 1: train peak \d+ MiB, step \d+ ms", proc.stdout), proc.stdout
