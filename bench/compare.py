@@ -476,6 +476,15 @@ def plot(rows, path):
 
 
 # ----------------------------------------------------------------------------------------------- main
+def save_plot(plot_fn, rows, png):
+    """plot_fn(rows, png), or a line saying why there is no plot (matplotlib missing)."""
+    try:
+        plot_fn(rows, png)
+        print(f"wrote {png}")
+    except ImportError as e:
+        print(f"no plot ({e})")
+
+
 def machine_meta(t_start):
     """Machine, build and load facts every benchmark's JSON records (t_start: (time, loadavg))."""
     import torch
@@ -613,12 +622,7 @@ def main(argv=None):
                       f, indent=1)
         print(f"wrote {path}")
         if not args.no_plot and rs:
-            png = args.plot or os.path.splitext(path)[0] + ".png"
-            try:
-                plot(rs, png)
-                print(f"wrote {png}")
-            except ImportError as e:
-                print(f"no plot ({e})")
+            save_plot(plot, rs, args.plot or os.path.splitext(path)[0] + ".png")
     return 0
 
 

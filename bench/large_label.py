@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from .compare import (HERE, MEMORY_ENV, _RssProbe, add_timing_options, machine_meta,
+from .compare import (HERE, MEMORY_ENV, _RssProbe, add_timing_options, machine_meta, save_plot,
                       time_interleaved)
 
 # Implementations, in timing order. gemm: torch.mm(x, W.t()), torch.mm(g, W), torch.mm(g.t(), x)
@@ -412,12 +412,7 @@ def main(argv=None):
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
     print(f"wrote {args.json}")
     if not args.no_plot and rows:
-        png = args.plot or os.path.splitext(args.json)[0] + ".png"
-        try:
-            plot(rows, png)
-            print(f"wrote {png}")
-        except ImportError as e:
-            print(f"no plot ({e})")
+        save_plot(plot, rows, args.plot or os.path.splitext(args.json)[0] + ".png")
     return 0
 
 
