@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 
-from .compare import (HERE, MEMORY_ENV, _RssProbe, add_timing_options, machine_meta, save_plot,
-                      time_interleaved)
+from .compare import (HERE, MEMORY_ENV, _RssProbe, _fmt_ms, add_timing_options, machine_meta,
+                      save_plot, time_interleaved)
 
 # Implementations, in timing order. gemm: torch.mm(x, W.t()), torch.mm(g, W), torch.mm(g.t(), x)
 # with fresh outputs (what F.linear and its backward run); gemm_out: the same into preallocated
@@ -225,14 +225,6 @@ def derive(row):
 
 
 # ----------------------------------------------------------------------------------------- table
-def _fmt_ms(st):
-    if st is None:
-        return "-"
-    m = st["median_ms"]
-    spread = (st["q3_ms"] - st["q1_ms"]) / m * 100 if m else 0
-    return f"{m:.3g}±{spread:.0f}%" if m < 1000 else f"{m:.0f}±{spread:.0f}%"
-
-
 def _fmt_x(v):
     return "-" if v is None else f"{v:.2f}x"
 
