@@ -8,10 +8,9 @@ from . import functional
 from ._backend import backend, set_backend
 from ._ops import check_errors
 from .functional import LossArgumentError
-from .modules import (AsymmetricLoss, BCEWithLogitsLoss, MultiLabelMarginLoss,
-                      MultiLabelSoftMarginLoss, SigmoidFocalLoss)
-from .modules import (LinearBCEWithLogitsLoss, LinearMultiLabelMarginLoss,
-                      LinearMultiLabelSoftMarginLoss)
+from .modules import (AsymmetricLoss, BCEWithLogitsLoss, LinearBCEWithLogitsLoss,
+                      LinearMultiLabelMarginLoss, LinearMultiLabelSoftMarginLoss,
+                      MultiLabelMarginLoss, MultiLabelSoftMarginLoss, SigmoidFocalLoss)
 from .sparse import SparseTargets
 
 __all__ = ["functional", "backend", "set_backend", "LossArgumentError", "BCEWithLogitsLoss",

@@ -1,4 +1,5 @@
-"""Reduction names <-> the integers of at::Reduction, which the op schemas take."""
+"""Reduction names <-> the integers of at::Reduction, which the op schemas take; reduce_loss applies
+one in torch ops."""
 import torch
 
 from ._errors import LossArgumentError
@@ -15,3 +16,12 @@ def code(reduction, size_average=None, reduce=None):
         return _CODES[reduction]
     except (KeyError, TypeError):
         raise LossArgumentError(f"{reduction} is not a valid value for reduction") from None
+
+
+def reduce_loss(loss, reduction):
+    """A reduction code applied to an elementwise or per-row loss, as torch.nn does."""
+    if reduction == MEAN:
+        return loss.mean()
+    if reduction == SUM:
+        return loss.sum()
+    return loss

@@ -10,27 +10,22 @@ import torch
 import torch.nn.functional as F
 
 from . import functional as _F
-from ._reduction import MEAN, NONE, SUM
-from ._reduction import code as _reduction_code
+from ._errors import check_floating, check_same_device, check_tensor, fail
+from ._reduction import reduce_loss
 
 # softplus(x) = x above this; e^-40 is below half an ulp of 40 in float64, so exact to rounding
 # (torch's default threshold 20 is not, in float64), and exp(40) does not overflow float32.
 _SOFTPLUS_THRESHOLD = 40.0
 
 
-def _softplus(x):
-    return F.softplus(x, threshold=_SOFTPLUS_THRESHOLD)
-
-
 def _check(fn, input, target):
     """input (N, C) or (C,) floating, on target's device, of the dense shape target stands for."""
-    _F._check_tensor(fn, "input", input)
-    _F._check_floating(fn, "input", input)
-    if target.device != input.device:
-        _F._fail(fn, f"target is on {target.device} but input is on {input.device}")
+    check_tensor(fn, "input", input)
+    check_floating(fn, "input", input)
+    check_same_device(fn, "target", target, "input", input)
     if input.shape != target.dense_shape:
-        _F._fail(fn, f"target (SparseTargets) stands for a target of shape "
-                     f"{tuple(target.dense_shape)}, but input has shape {tuple(input.shape)}")
+        fail(fn, f"target (SparseTargets) stands for a target of shape "
+                 f"{tuple(target.dense_shape)}, but input has shape {tuple(input.shape)}")
 
 
 def _at_positives(t, rows, cols):
@@ -40,81 +35,47 @@ def _at_positives(t, rows, cols):
     return t2[rows if t2.size(0) != 1 else 0, cols if t2.size(1) != 1 else 0]
 
 
-def _pieces(fn, input, target, weight, pos_weight):
-    """Checked operands in the compute dtype: x (N, C) (a view for a (C,) input), the weight, the
-    positives' rows, and x, weight, pos_weight and value at the positives (nnz,)."""
+def _elementwise(fn, input, target, weight, pos_weight):
+    """The (N, C) elementwise loss as the module docstring says, in float32 at least (in place on a
+    fresh tensor that no backward saves: softplus and mul keep their inputs)."""
     _check(fn, input, target)
     compute = torch.promote_types(input.dtype, torch.float32)
-    if weight is not None:
-        weight = _F._broadcast_operand(fn, "weight", weight, input, compute)
-    if pos_weight is not None:
-        pos_weight = _F._broadcast_operand(fn, "pos_weight", pos_weight, input, compute)
+    weight = _F._broadcast_operand(fn, "weight", weight, input, compute)
+    pos_weight = _F._broadcast_operand(fn, "pos_weight", pos_weight, input, compute)
     x = input.to(compute).reshape(target.shape)  # a (C,) input as one row: a view
     rows, cols = target.row_ids(), target.indices
     xp = x[rows, cols]
-    wp = None if weight is None else _at_positives(weight, rows, cols)
-    pp = None if pos_weight is None else _at_positives(pos_weight, rows, cols)
     v = (target.values.to(compute) if target.values is not None
          else torch.ones((), dtype=compute, device=x.device))
-    return x, weight, rows, xp, wp, pp, v
+    # The positives' loss, the dense formula's: (1 - v) x + (1 + (p - 1) v) softplus(-x), times w.
+    scale = 1 if pos_weight is None else (_at_positives(pos_weight, rows, cols) - 1) * v + 1
+    positive = (1 - v) * xp + scale * F.softplus(-xp, threshold=_SOFTPLUS_THRESHOLD)
+    loss = F.softplus(x, threshold=_SOFTPLUS_THRESHOLD)
+    if weight is not None:
+        loss, positive = loss * weight, positive * _at_positives(weight, rows, cols)
+    return loss.index_put_((rows, cols), positive)
 
 
-def _base(x, weight):
-    """Every element's loss at target 0: w * softplus(x), (N, C)."""
-    base = _softplus(x)
-    return base if weight is None else base * weight
+def binary_cross_entropy_with_logits(input, target, weight, pos_weight, red):
+    """functional's, for a SparseTargets target (red: the reduction's code)."""
+    loss = _elementwise("binary_cross_entropy_with_logits", input, target, weight, pos_weight)
+    return reduce_loss(loss.reshape(input.shape), red).to(input.dtype)
 
 
-def _positive_loss(xp, wp, pp, v):
-    """loss(x, v) at the positives, the dense formula's terms: (1 - v) x + (1 + (p - 1) v) softplus(-x)."""
-    scale = 1 if pp is None else (pp - 1) * v + 1
-    loss = (1 - v) * xp + scale * _softplus(-xp)
-    return loss if wp is None else loss * wp
+def multilabel_soft_margin_loss(input, target, weight, red):
+    """functional's, for a SparseTargets target (red: the reduction's code)."""
+    loss = _elementwise("multilabel_soft_margin_loss", input, target, weight, None)
+    row = loss.sum(dim=1) / target.num_classes
+    return reduce_loss(row.reshape(input.shape[:-1]), red).to(input.dtype)
 
 
-def _elementwise(fn, input, target, weight, pos_weight):
-    """The (N, C) elementwise loss: the loss at target 0, the positives' own loss written over it.
-    (In place on a fresh tensor that no backward saves: softplus and mul keep their inputs.)"""
-    x, weight, rows, xp, wp, pp, v = _pieces(fn, input, target, weight, pos_weight)
-    return _base(x, weight).index_put_((rows, target.indices), _positive_loss(xp, wp, pp, v))
-
-
-def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
-                                     reduction="mean", pos_weight=None):
-    fn = "binary_cross_entropy_with_logits"
-    red = _reduction_code(reduction, size_average, reduce)
-    loss = _elementwise(fn, input, target, weight, pos_weight)
-    if red == NONE:
-        return loss.reshape(input.shape).to(input.dtype)
-    total = loss.sum()
-    if red == MEAN:
-        total = total / input.numel()
-    return total.to(input.dtype)
-
-
-def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, reduce=None,
-                                reduction="mean"):
-    fn = "multilabel_soft_margin_loss"
-    red = _reduction_code(reduction, size_average, reduce)
-    row = _elementwise(fn, input, target, weight, None).sum(dim=1) / target.num_classes
-    if input.dim() == 1:
-        return row.reshape(()).to(input.dtype)
-    if red == MEAN:
-        row = row.mean()
-    elif red == SUM:
-        row = row.sum()
-    return row.to(input.dtype)
-
-
-def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+def margin_target(input, target):
+    """The margin loss's compact target for a SparseTargets: each row's classes, -1-padded."""
     fn = "multilabel_margin_loss"
-    _F._check_tensor(fn, "input", input)
+    check_tensor(fn, "input", input)
     if target.values is not None:
-        _F._fail(fn, "target (SparseTargets) has values (soft labels), which the margin loss "
-                     "cannot use: its positives are classes, not weights")
+        fail(fn, "target (SparseTargets) has values (soft labels), which the margin loss "
+                 "cannot use: its positives are classes, not weights")
     _check(fn, input, target)
     padded = target.to_padded()
-    if target.vector:
-        padded = padded.reshape(-1)
-    return _F.multilabel_margin_loss(input, padded, size_average, reduce, reduction)
-
+    return padded.reshape(-1) if target.vector else padded

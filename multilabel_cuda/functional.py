@@ -3,49 +3,37 @@
 Arguments are validated here, once, for every backend; then the fused op runs (or the reference
 implementation, when the extension is unavailable or a case needs autograd it does not cover:
 forward-mode AD, torch.func transforms, or gradients w.r.t. weight/pos_weight)."""
+import math
+
 import torch
 from torch.autograd import forward_ad
 
 from . import _backend, reference
-from ._errors import LossArgumentError
+from ._errors import LossArgumentError, check_floating, check_same_device, check_tensor, fail
 from ._reduction import code as _reduction_code
 from .sparse import SparseTargets
 
 
-def _fail(fn, msg):
-    raise LossArgumentError(f"{fn}: {msg}")
-
-
-def _check_tensor(fn, name, t):
-    if not isinstance(t, torch.Tensor):
-        _fail(fn, f"{name} must be a Tensor, got {type(t).__name__}")
-    if t.layout != torch.strided:  # native fails deep inside (no sparse log_sigmoid / margin kernel)
-        _fail(fn, f"{name} must be a dense (strided) tensor, got layout {t.layout}")
-
-
-def _check_floating(fn, name, t):
-    if not t.is_floating_point():
-        _fail(fn, f"{name} must be a floating-point tensor, got {t.dtype}")
-
-
 def _same_device(fn, name, t, input):
-    if t.device != input.device:
-        if t.dim() == 0 and t.device.type == "cpu":  # CPU scalars mix with any device, as in ATen
-            return t.to(input.device)
-        _fail(fn, f"{name} is on {t.device} but input is on {input.device}")
+    if t.device != input.device and t.dim() == 0 and t.device.type == "cpu":
+        return t.to(input.device)  # CPU scalars mix with any device, as in ATen
+    check_same_device(fn, name, t, "input", input)
     return t
 
 
 def _broadcast_operand(fn, name, t, input, dtype):
-    """weight / pos_weight / soft-margin target: any tensor broadcastable to input's shape."""
-    _check_tensor(fn, name, t)
+    """weight / pos_weight / soft-margin target: any tensor broadcastable to input's shape (None
+    stays None)."""
+    if t is None:
+        return None
+    check_tensor(fn, name, t)
     t = _same_device(fn, name, t, input)
     # (torch.broadcast_shapes costs ~20 us a call; this is the same test for one target shape.)
     ok = t.dim() <= input.dim() and all(a == 1 or a == b for a, b in
                                         zip(reversed(t.shape), reversed(input.shape)))
     if not ok:
-        _fail(fn, f"{name} of shape {tuple(t.shape)} is not broadcastable to input of shape "
-                  f"{tuple(input.shape)}")
+        fail(fn, f"{name} of shape {tuple(t.shape)} is not broadcastable to input of shape "
+                 f"{tuple(input.shape)}")
     return t.to(dtype)
 
 
@@ -55,6 +43,17 @@ def _result_dtype(input, target):
     if target.dim() == 0 and input.dim() > 0:
         return input.dtype
     return torch.promote_types(input.dtype, target.dtype)
+
+
+def _promoted(fn, input, target, weight):
+    """The elementwise losses' floating input and target (already of one shape), cast to their
+    promoted dtype as native does (e.g. fp32 input + fp64 target); the weight broadcast to them."""
+    check_floating(fn, "input", input)
+    check_floating(fn, "target", target)
+    target = _same_device(fn, "target", target, input)
+    dtype = _result_dtype(input, target)
+    input, target = input.to(dtype), target.to(dtype)
+    return input, target, _broadcast_operand(fn, "weight", weight, input, dtype)
 
 
 def _needs_reference(*tensors):
@@ -74,25 +73,17 @@ def _compute_grad(input):
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
                                      reduction="mean", pos_weight=None):
     """See torch.nn.functional.binary_cross_entropy_with_logits. target may be a SparseTargets."""
-    if isinstance(target, SparseTargets):
-        return _sparse_loss.binary_cross_entropy_with_logits(input, target, weight, size_average,
-                                                             reduce, reduction, pos_weight)
     fn = "binary_cross_entropy_with_logits"
     red = _reduction_code(reduction, size_average, reduce)
-    _check_tensor(fn, "input", input)
-    _check_tensor(fn, "target", target)
+    if isinstance(target, SparseTargets):
+        return _sparse_loss.binary_cross_entropy_with_logits(input, target, weight, pos_weight, red)
+    check_tensor(fn, "input", input)
+    check_tensor(fn, "target", target)
     if target.size() != input.size():
         raise LossArgumentError(f"Target size ({target.size()}) must be the same as input size "
                                 f"({input.size()})")
-    _check_floating(fn, "input", input)
-    _check_floating(fn, "target", target)
-    target = _same_device(fn, "target", target, input)
-    dtype = _result_dtype(input, target)  # native promotes, e.g. fp32 input + fp64 target
-    input, target = input.to(dtype), target.to(dtype)
-    if weight is not None:
-        weight = _broadcast_operand(fn, "weight", weight, input, dtype)
-    if pos_weight is not None:
-        pos_weight = _broadcast_operand(fn, "pos_weight", pos_weight, input, dtype)
+    input, target, weight = _promoted(fn, input, target, weight)
+    pos_weight = _broadcast_operand(fn, "pos_weight", pos_weight, input, input.dtype)
     if not _backend.use_extension("bce_with_logits", input.device) or _needs_reference(weight, pos_weight):
         return reference.binary_cross_entropy_with_logits(input, target, weight, pos_weight, red)
     return torch.ops.multilabel_cuda.bce_with_logits(input, target, weight, pos_weight, red,
@@ -102,24 +93,22 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
 def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, reduce=None,
                                 reduction="mean"):
     """See torch.nn.functional.multilabel_soft_margin_loss. target may be a SparseTargets."""
-    if isinstance(target, SparseTargets):
-        return _sparse_loss.multilabel_soft_margin_loss(input, target, weight, size_average, reduce,
-                                                        reduction)
     fn = "multilabel_soft_margin_loss"
     red = _reduction_code(reduction, size_average, reduce)
-    _check_tensor(fn, "input", input)
-    _check_tensor(fn, "target", target)
-    _check_floating(fn, "input", input)
+    if isinstance(target, SparseTargets):
+        return _sparse_loss.multilabel_soft_margin_loss(input, target, weight, red)
+    check_tensor(fn, "input", input)
+    check_tensor(fn, "target", target)
+    check_floating(fn, "input", input)
     if input.dim() == 0:
-        _fail(fn, "input must have at least one dimension (the class dimension), got a scalar")
+        fail(fn, "input must have at least one dimension (the class dimension), got a scalar")
     if target.dtype == torch.bool or target.is_complex():
-        _fail(fn, f"target must be a real floating-point or integer tensor, got {target.dtype}")
+        fail(fn, f"target must be a real floating-point or integer tensor, got {target.dtype}")
     # Integer 0/1 targets work as in the native composite (target * logsigmoid(input)).
     dtype = _result_dtype(input, target) if target.is_floating_point() else input.dtype
     input = input.to(dtype)
     target = _broadcast_operand(fn, "target", target, input, dtype)
-    if weight is not None:
-        weight = _broadcast_operand(fn, "weight", weight, input, dtype)
+    weight = _broadcast_operand(fn, "weight", weight, input, dtype)
     if not _backend.use_extension("multilabel_soft_margin", input.device) or _needs_reference(weight):
         return reference.multilabel_soft_margin_loss(input, target, weight, red)
     return torch.ops.multilabel_cuda.multilabel_soft_margin(input, target, weight, red,
@@ -140,20 +129,20 @@ def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduct
       * target may be a SparseTargets (without values).
     """
     if isinstance(target, SparseTargets):
-        return _sparse_loss.multilabel_margin_loss(input, target, size_average, reduce, reduction)
+        target = _sparse_loss.margin_target(input, target)
     fn = "multilabel_margin_loss"
     red = _reduction_code(reduction, size_average, reduce)
-    _check_tensor(fn, "input", input)
-    _check_tensor(fn, "target", target)
-    _check_floating(fn, "input", input)
+    check_tensor(fn, "input", input)
+    check_tensor(fn, "target", target)
+    check_floating(fn, "input", input)
     if input.dim() > 2:
-        _fail(fn, f"input must be (C,) or (N, C) (or 0-dim), got {input.dim()} dimensions "
-                  f"{tuple(input.shape)}")
+        fail(fn, f"input must be (C,) or (N, C) (or 0-dim), got {input.dim()} dimensions "
+                 f"{tuple(input.shape)}")
     if input.dim() > 0 and input.size(-1) == 0:
-        _fail(fn, "Expected non-empty vector or matrix with optional 0-dim batch size, but got: "
-                  f"{tuple(input.shape)}")
+        fail(fn, "Expected non-empty vector or matrix with optional 0-dim batch size, but got: "
+                 f"{tuple(input.shape)}")
     if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-        _fail(fn, f"target must be an integer tensor of class indices, got {target.dtype}")
+        fail(fn, f"target must be an integer tensor of class indices, got {target.dtype}")
     target = _same_device(fn, "target", target, input)
     cols = input.size(-1) if input.dim() > 0 else 1
     if input.dim() == 2:
@@ -163,8 +152,8 @@ def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduct
         ok = target.dim() <= 1 and target.numel() <= cols
         expected = f"(K,) with K <= C = {cols}"
     if not ok:
-        _fail(fn, f"target of shape {tuple(target.shape)} does not fit input of shape "
-                  f"{tuple(input.shape)} (expected {expected})")
+        fail(fn, f"target of shape {tuple(target.shape)} does not fit input of shape "
+                 f"{tuple(input.shape)} (expected {expected})")
     target = target.to(torch.int64)
     if not _backend.use_extension("multilabel_margin", input.device) or _needs_reference():
         return reference.multilabel_margin_loss(input, target, red)
@@ -174,36 +163,28 @@ def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduct
 # ------------------------------------------------------------------ modulated BCE: focal, asymmetric
 def _check_modulated(fn, input, target, weight, params):
     """Shared checks of the modulated BCE losses; returns (input, target, weight) dtype-aligned.
-    params: {name: (value, low, high, high_inclusive)} ranges, low always inclusive."""
-    for name, (v, lo, hi, hi_incl) in params.items():
+    params: {name: (value, high)}, each value a real number in [0, high)."""
+    for name, (v, hi) in params.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            _fail(fn, f"{name} must be a real number, got {type(v).__name__}")
-        if not (lo <= v and (v <= hi if hi_incl else v < hi)):
-            _fail(fn, f"{name} must be in [{lo}, {hi}{']' if hi_incl else ')'}, got {v}")
-    _check_tensor(fn, "input", input)
-    _check_tensor(fn, "target", target)
+            fail(fn, f"{name} must be a real number, got {type(v).__name__}")
+        if not 0 <= v < hi:
+            fail(fn, f"{name} must be in [0, {hi}), got {v}")
+    check_tensor(fn, "input", input)
+    check_tensor(fn, "target", target)
     if target.size() != input.size():
-        _fail(fn, f"target size ({tuple(target.shape)}) must be the same as input size "
-                  f"({tuple(input.shape)})")
-    _check_floating(fn, "input", input)
-    _check_floating(fn, "target", target)
-    target = _same_device(fn, "target", target, input)
-    dtype = _result_dtype(input, target)
-    input, target = input.to(dtype), target.to(dtype)
-    if weight is not None:
-        weight = _broadcast_operand(fn, "weight", weight, input, dtype)
-    return input, target, weight
+        fail(fn, f"target size ({tuple(target.shape)}) must be the same as input size "
+                 f"({tuple(input.shape)})")
+    return _promoted(fn, input, target, weight)
 
 
 def _modulated(input, target, weight, red, gamma_pos, gamma_neg, alpha_pos, alpha_neg, clip, eps,
                label_smoothing, detach_focal):
     """The fused op, or the reference formulas when the op cannot serve the call (no extension, or
-    gradients it does not compute: target, weight, double backward, forward AD, functorch)."""
+    gradients it does not compute: target, weight, forward AD, functorch)."""
     args = (gamma_pos, gamma_neg, alpha_pos, alpha_neg, clip, eps, label_smoothing, detach_focal)
     # Double backward (create_graph) is not known here: the fused op refuses it with an error that
     # names the reference backend (multilabel_cuda.set_backend("reference")).
-    if not _backend.use_extension("bce_family", input.device) or \
-            _needs_reference(target, weight):
+    if not _backend.use_extension("bce_family", input.device) or _needs_reference(target, weight):
         return reference.modulated_bce(input, target, weight, red, *args)
     return torch.ops.multilabel_cuda.modulated_bce(input, target, weight, *args, red,
                                                    _compute_grad(input))[0]
@@ -218,16 +199,17 @@ def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none",
     Beyond torchvision: label_smoothing (targets become y * (1 - ls) + ls / 2 everywhere, alpha_t and
     p_t included), an elementwise ``weight`` broadcastable to the input, and one pass that is
     finite for any finite logit (torchvision's (1 - p_t)^gamma gradient is NaN at saturated logits
-    when gamma < 1). Gradients w.r.t. targets and double backward go through the reference."""
+    when gamma < 1). Gradients w.r.t. targets go through the reference; double backward needs the
+    reference backend."""
     fn = "sigmoid_focal_loss"
     red = _reduction_code(reduction)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        _fail(fn, f"alpha must be a real number, got {type(alpha).__name__}")
+        fail(fn, f"alpha must be a real number, got {type(alpha).__name__}")
     if alpha > 1 or alpha != alpha:
-        _fail(fn, f"alpha must be in [0, 1], or negative for no class weighting, got {alpha}")
+        fail(fn, f"alpha must be in [0, 1], or negative for no class weighting, got {alpha}")
     inputs, targets, weight = _check_modulated(
         fn, inputs, targets, weight,
-        {"gamma": (gamma, 0, float("inf"), False), "label_smoothing": (label_smoothing, 0, 1, False)})
+        {"gamma": (gamma, math.inf), "label_smoothing": (label_smoothing, 1)})
     a_pos, a_neg = (float(alpha), 1.0 - alpha) if alpha >= 0 else (1.0, 1.0)
     return _modulated(inputs, targets, weight, red, float(gamma), float(gamma), a_pos, a_neg, 0.0,
                       0.0, float(label_smoothing), False)
@@ -252,19 +234,16 @@ def asymmetric_loss(input, target, gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-8
     fn = "asymmetric_loss"
     red = _reduction_code(reduction)
     if not isinstance(disable_torch_grad_focal_loss, bool) or not isinstance(stable, bool):
-        _fail(fn, "disable_torch_grad_focal_loss and stable must be bools")
-    inputs, target, weight = _check_modulated(
+        fail(fn, "disable_torch_grad_focal_loss and stable must be bools")
+    clip = 0.0 if clip is None else clip
+    input, target, weight = _check_modulated(
         fn, input, target, weight,
-        {"gamma_neg": (gamma_neg, 0, float("inf"), False),
-         "gamma_pos": (gamma_pos, 0, float("inf"), False),
-         "clip": (clip if clip is not None else 0.0, 0, 1, False),
-         "eps": (eps, 0, 1, False),
-         "label_smoothing": (label_smoothing, 0, 1, False)})
+        {"gamma_neg": (gamma_neg, math.inf), "gamma_pos": (gamma_pos, math.inf), "clip": (clip, 1),
+         "eps": (eps, 1), "label_smoothing": (label_smoothing, 1)})
     if not stable and eps <= 0:
-        _fail(fn, f"eps must be > 0 when stable=False, got {eps}")
-    clip = float(clip) if clip is not None else 0.0
-    return _modulated(inputs, target, weight, red, float(gamma_pos), float(gamma_neg), 1.0, 1.0,
-                      clip, 0.0 if stable else float(eps), float(label_smoothing),
+        fail(fn, f"eps must be > 0 when stable=False, got {eps}")
+    return _modulated(input, target, weight, red, float(gamma_pos), float(gamma_neg), 1.0, 1.0,
+                      float(clip), 0.0 if stable else float(eps), float(label_smoothing),
                       disable_torch_grad_focal_loss)
 
 

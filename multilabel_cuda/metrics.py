@@ -1,28 +1,12 @@
 """Evaluation at large label counts: each row's top-k classes of a linear layer's logits, streamed over
 class chunks (no N x C buffer), and precision@k / nDCG@k against SparseTargets or dense 0/1 targets.
 Exported by multilabel_cuda.functional. Evaluation only: nothing here is differentiable."""
-import operator
-
 import torch
 
-from . import functional as _F
+from ._errors import (check_floating, check_int, check_int_tensor, check_range, check_same_device,
+                      check_tensor, fail)
 from .linear import default_chunk_size
 from .sparse import SparseTargets
-
-
-def _int_arg(fn, name, v, lo):
-    try:
-        i = None if isinstance(v, bool) else operator.index(v)
-    except TypeError:
-        i = None
-    if i is None or i < lo:
-        _F._fail(fn, f"{name} must be an int >= {lo}, got {v!r}")
-    return i
-
-
-def _same_device(fn, name, t, ref_name, ref):
-    if t.device != ref.device:
-        _F._fail(fn, f"{name} is on {t.device} but {ref_name} is on {ref.device}")
 
 
 def _chunk_topk(logits, k):
@@ -56,33 +40,33 @@ def linear_topk(input, weight, k, bias=None, chunk_size=None):
     F.linear (different blocking), so a near-tie can order differently from the full logits'."""
     fn = "linear_topk"
     for name, t in (("input", input), ("weight", weight)):
-        _F._check_tensor(fn, name, t)
-        _F._check_floating(fn, name, t)
+        check_tensor(fn, name, t)
+        check_floating(fn, name, t)
     if input.dim() not in (1, 2):
-        _F._fail(fn, f"input must be (N, D) or (D,), got shape {tuple(input.shape)}")
+        fail(fn, f"input must be (N, D) or (D,), got shape {tuple(input.shape)}")
     if weight.dim() != 2:
-        _F._fail(fn, f"weight must be (C, D), got shape {tuple(weight.shape)}")
-    _same_device(fn, "weight", weight, "input", input)
+        fail(fn, f"weight must be (C, D), got shape {tuple(weight.shape)}")
+    check_same_device(fn, "weight", weight, "input", input)
     if weight.size(1) != input.size(-1):
-        _F._fail(fn, f"weight of shape {tuple(weight.shape)} does not match input of shape "
-                     f"{tuple(input.shape)}: D = {weight.size(1)} vs {input.size(-1)}")
+        fail(fn, f"weight of shape {tuple(weight.shape)} does not match input of shape "
+                  f"{tuple(input.shape)}: D = {weight.size(1)} vs {input.size(-1)}")
     if weight.dtype != input.dtype:
-        _F._fail(fn, f"weight has dtype {weight.dtype} but input has {input.dtype}")
+        fail(fn, f"weight has dtype {weight.dtype} but input has {input.dtype}")
     num_classes = weight.size(0)
     if bias is not None:
-        _F._check_tensor(fn, "bias", bias)
-        _same_device(fn, "bias", bias, "input", input)
+        check_tensor(fn, "bias", bias)
+        check_same_device(fn, "bias", bias, "input", input)
         if bias.shape != (num_classes,):
-            _F._fail(fn, f"bias must be (C,) = ({num_classes},), got shape {tuple(bias.shape)}")
+            fail(fn, f"bias must be (C,) = ({num_classes},), got shape {tuple(bias.shape)}")
         if bias.dtype != input.dtype:
-            _F._fail(fn, f"bias has dtype {bias.dtype} but input has {input.dtype}")
-    k = _int_arg(fn, "k", k, 0)
+            fail(fn, f"bias has dtype {bias.dtype} but input has {input.dtype}")
+    k = check_int(fn, "k", k, 0)
     if k > num_classes:
-        _F._fail(fn, f"k = {k} exceeds the number of classes C = {num_classes}")
+        fail(fn, f"k = {k} exceeds the number of classes C = {num_classes}")
     x = input.detach().unsqueeze(0) if input.dim() == 1 else input.detach()
     n = x.size(0)
     chunk = (default_chunk_size(n, num_classes, x.dtype) if chunk_size is None
-             else _int_arg(fn, "chunk_size", chunk_size, 1))
+             else check_int(fn, "chunk_size", chunk_size, 1))
     chunk = min(chunk, max(num_classes, 1))
     top_v = x.new_empty((n, 0))
     top_i = torch.empty((n, 0), dtype=torch.int64, device=x.device)
@@ -112,31 +96,26 @@ def linear_topk(input, weight, k, bias=None, chunk_size=None):
 def _hits(fn, topk_indices, targets, k):
     """bool (N, k): whether each of a row's first k predicted classes is a positive; and each row's
     number of positives (N,)."""
-    _F._check_tensor(fn, "topk_indices", topk_indices)
-    if topk_indices.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
-        _F._fail(fn, f"topk_indices must be an integer tensor, got {topk_indices.dtype}")
-    k = _int_arg(fn, "k", k, 1)
+    check_int_tensor(fn, "topk_indices", topk_indices)
+    k = check_int(fn, "k", k, 1)
     if isinstance(targets, SparseTargets):
         n, c, vector = targets.shape[0], targets.num_classes, targets.vector
     else:
-        _F._check_tensor(fn, "targets", targets)
+        check_tensor(fn, "targets", targets)
         if targets.dim() not in (1, 2) or targets.is_complex():
-            _F._fail(fn, f"targets must be a SparseTargets or a real (N, C) or (C,) tensor, got "
-                         f"{targets.dtype} of shape {tuple(targets.shape)}")
+            fail(fn, f"targets must be a SparseTargets or a real (N, C) or (C,) tensor, got "
+                      f"{targets.dtype} of shape {tuple(targets.shape)}")
         vector = targets.dim() == 1
         n, c = (1 if vector else targets.size(0)), targets.size(-1)
-    _same_device(fn, "topk_indices", topk_indices, "targets", targets)
+    check_same_device(fn, "topk_indices", topk_indices, "targets", targets)
     want = (k,) if vector else (n, k)
     if topk_indices.dim() != len(want) or (not vector and topk_indices.size(0) != n) \
             or topk_indices.size(-1) < k:
-        _F._fail(fn, f"topk_indices of shape {tuple(topk_indices.shape)} does not fit targets of "
-                     f"{'shape (C,)' if vector else f'N = {n} rows'} and k = {k} (expected "
-                     f"{'(K,)' if vector else '(N, K)'} with K >= k)")
+        fail(fn, f"topk_indices of shape {tuple(topk_indices.shape)} does not fit targets of "
+                  f"{'shape (C,)' if vector else f'N = {n} rows'} and k = {k} (expected "
+                  f"{'(K,)' if vector else '(N, K)'} with K >= k)")
     pred = topk_indices.reshape(n, -1)[:, :k].to(torch.int64)
-    if pred.numel() > 0:
-        mn, mx = (int(v) for v in torch.aminmax(pred))
-        if mn < 0 or mx >= c:
-            _F._fail(fn, f"topk_indices holds {mn if mn < 0 else mx}, outside [0, {c})")
+    check_range(fn, "topk_indices", pred, 0, c)
     if isinstance(targets, SparseTargets):
         # Canonical positives sorted by (row, class): look each prediction's key up in them.
         keys = targets.row_ids() * c + targets.indices
@@ -163,8 +142,7 @@ def precision_at_k(topk_indices, targets, k):
     counts, a row without positives scoring 0. Returns a 0-dim tensor (the default float dtype);
     N = 0 gives NaN."""
     hits, _, k = _hits("precision_at_k", topk_indices, targets, k)
-    dtype = torch.get_default_dtype()
-    return (hits.sum(dim=1, dtype=dtype) / k).mean()
+    return (hits.sum(dim=1, dtype=torch.get_default_dtype()) / k).mean()
 
 
 def ndcg_at_k(topk_indices, targets, k):
@@ -173,9 +151,8 @@ def ndcg_at_k(topk_indices, targets, k):
     P the row's number of positives. A row without positives scores 0 and counts in the mean.
     Arguments as precision_at_k's."""
     hits, npos, k = _hits("ndcg_at_k", topk_indices, targets, k)
-    dtype = torch.get_default_dtype()
     discount = 1 / torch.log2(torch.arange(k, dtype=torch.float64, device=hits.device) + 2)
     dcg = (hits.to(torch.float64) * discount).sum(dim=1)
     ideal = torch.cat((discount.new_zeros(1), discount.cumsum(0)))[npos.clamp(max=k)]
     score = torch.where(npos > 0, dcg / ideal, 0.0)  # 0 / 0 where there are no positives
-    return score.mean().to(dtype)
+    return score.mean().to(torch.get_default_dtype())

@@ -4,15 +4,7 @@
 import torch
 import torch.nn.functional as F
 
-from ._reduction import NONE, MEAN, SUM
-
-
-def _reduce(loss, reduction):
-    if reduction == MEAN:
-        return loss.mean()
-    if reduction == SUM:
-        return loss.sum()
-    return loss
+from ._reduction import reduce_loss
 
 
 def _in_float32(*tensors):
@@ -31,7 +23,7 @@ def binary_cross_entropy_with_logits(input, target, weight, pos_weight, reductio
     loss = (1 - target) * x - log_sigmoid
     if weight is not None:
         loss = loss * weight
-    return _reduce(loss, reduction).to(input.dtype)
+    return reduce_loss(loss, reduction).to(input.dtype)
 
 
 def multilabel_soft_margin_loss(input, target, weight, reduction):
@@ -40,7 +32,7 @@ def multilabel_soft_margin_loss(input, target, weight, reduction):
     if weight is not None:
         loss = loss * weight
     loss = loss.sum(dim=-1) / x.size(-1)
-    return _reduce(loss, reduction).to(input.dtype)
+    return reduce_loss(loss, reduction).to(input.dtype)
 
 
 def check_margin_target(target, cols):
@@ -94,7 +86,7 @@ def multilabel_margin_loss(input, target, reduction):
     row = row / cols
     if input.dim() < 2:
         return row.reshape(()).to(input.dtype)
-    return _reduce(row, reduction).to(input.dtype)
+    return reduce_loss(row, reduction).to(input.dtype)
 
 
 def modulated_bce(input, target, weight, reduction, gamma_pos, gamma_neg, alpha_pos, alpha_neg,
@@ -119,4 +111,4 @@ def modulated_bce(input, target, weight, reduction, gamma_pos, gamma_neg, alpha_
         loss = loss * (alpha_pos * y + alpha_neg * (1 - y))
     if weight is not None:
         loss = loss * weight
-    return _reduce(loss, reduction).to(input.dtype)
+    return reduce_loss(loss, reduction).to(input.dtype)

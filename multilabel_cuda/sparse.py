@@ -9,67 +9,27 @@ Canonical form (what every constructor produces): CSR, rows in order, each row's
 ascending and unique. A class repeated within a row is one positive, as the dense target would say;
 with ``values`` a repeat is an error (two values for one entry). ``values`` are stored detached: a
 SparseTargets is data, and no loss gives its values a gradient."""
-import operator
-
 import torch
 
-from ._errors import LossArgumentError
-
-_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
-
-def _fail(fn, msg):
-    raise LossArgumentError(f"SparseTargets.{fn}: {msg}")
+from ._errors import check_int, check_int_tensor, check_range, check_same_device, check_tensor, fail
 
 
 def _nonneg_int(fn, name, v):
-    try:
-        c = None if isinstance(v, bool) else operator.index(v)
-    except TypeError:
-        c = None
-    if c is None or c < 0:
-        _fail(fn, f"{name} must be a non-negative int, got {v!r}")
-    return c
+    return check_int(fn, name, v, 0, "a non-negative int")
 
 
-def _tensor(fn, name, t):
-    if not isinstance(t, torch.Tensor):
-        _fail(fn, f"{name} must be a Tensor, got {type(t).__name__}")
-    if t.layout != torch.strided:
-        _fail(fn, f"{name} must be a dense (strided) tensor, got layout {t.layout}")
-    return t
-
-
-def _int_tensor(fn, name, t):
-    _tensor(fn, name, t)
-    if t.dtype not in _INT_DTYPES:
-        _fail(fn, f"{name} must be an integer tensor, got {t.dtype}")
-    return t.to(torch.int64)
-
-
-def _values(fn, values, shape, device):
+def _values(fn, values, indices):
     """Soft labels: floating, the indices' shape and device; stored detached (no gradient)."""
     if values is None:
         return None
-    _tensor(fn, "values", values)
+    check_tensor(fn, "values", values)
     if not values.is_floating_point():
-        _fail(fn, f"values must be a floating-point tensor, got {values.dtype}")
-    if values.device != device:
-        _fail(fn, f"values is on {values.device} but indices is on {device}")
-    if values.shape != shape:
-        _fail(fn, f"values of shape {tuple(values.shape)} does not match indices of shape "
-                  f"{tuple(shape)}")
+        fail(fn, f"values must be a floating-point tensor, got {values.dtype}")
+    check_same_device(fn, "values", values, "indices", indices)
+    if values.shape != indices.shape:
+        fail(fn, f"values of shape {tuple(values.shape)} does not match indices of shape "
+                 f"{tuple(indices.shape)}")
     return values.detach()
-
-
-def _check_range(fn, name, t, lo, hi):
-    """Every entry of t in [lo, hi): read before any entry is used as an index."""
-    if t.numel() == 0:
-        return
-    mn, mx = (int(v) for v in torch.aminmax(t))
-    if mn < lo or mx >= hi:
-        bad = mn if mn < lo else mx
-        _fail(fn, f"{name} holds {bad}, outside [{lo}, {hi})")
 
 
 class SparseTargets:
@@ -116,16 +76,16 @@ class SparseTargets:
         entries before its first -1 (the margin loss's target format), K <= C. Entries after the first
         -1 are ignored, but like the margin loss every entry must lie in [-1, C). values: soft labels
         of indices' shape (those after the first -1 ignored)."""
-        fn = "from_padded"
+        fn = "SparseTargets.from_padded"
         c = _nonneg_int(fn, "num_classes", num_classes)
-        indices = _int_tensor(fn, "indices", indices)
+        indices = check_int_tensor(fn, "indices", indices).to(torch.int64)
         if indices.dim() not in (1, 2):
-            _fail(fn, f"indices must be (N, K) or (K,), got shape {tuple(indices.shape)}")
+            fail(fn, f"indices must be (N, K) or (K,), got shape {tuple(indices.shape)}")
         if indices.size(-1) > c:
-            _fail(fn, f"indices of shape {tuple(indices.shape)} has K = {indices.size(-1)} > "
-                      f"num_classes = {c}")
-        values = _values(fn, values, indices.shape, indices.device)
-        _check_range(fn, "indices", indices, -1, c)
+            fail(fn, f"indices of shape {tuple(indices.shape)} has K = {indices.size(-1)} > "
+                     f"num_classes = {c}")
+        values = _values(fn, values, indices)
+        check_range(fn, "indices", indices, -1, c)
         vector = indices.dim() == 1
         idx = indices.unsqueeze(0) if vector else indices
         valid = torch.cumprod((idx != -1).to(torch.int8), dim=1, dtype=torch.int8).bool()
@@ -144,12 +104,12 @@ class SparseTargets:
         """target (N, C) or (C,): 0 is a negative, any other entry a positive. values are the
         entries at the positives unless they are all 1 (integer/bool targets: as the default float
         dtype)."""
-        fn = "from_dense"
-        _tensor(fn, "target", target)
+        fn = "SparseTargets.from_dense"
+        check_tensor(fn, "target", target)
         if target.dim() not in (1, 2):
-            _fail(fn, f"target must be (N, C) or (C,), got shape {tuple(target.shape)}")
+            fail(fn, f"target must be (N, C) or (C,), got shape {tuple(target.shape)}")
         if target.is_complex():
-            _fail(fn, f"target must be real, got {target.dtype}")
+            fail(fn, f"target must be real, got {target.dtype}")
         vector = target.dim() == 1
         t = target.detach().unsqueeze(0) if vector else target.detach()
         rows, cols = torch.nonzero(t, as_tuple=True)  # row-major: already canonical
@@ -209,10 +169,10 @@ class SparseTargets:
     def narrow_classes(self, start, length):
         """The targets of columns [start, start + length), as classes 0..length-1 of a
         SparseTargets with num_classes = length (same rows)."""
-        fn = "narrow_classes"
+        fn = "SparseTargets.narrow_classes"
         start, length = _nonneg_int(fn, "start", start), _nonneg_int(fn, "length", length)
         if start + length > self.num_classes:
-            _fail(fn, f"columns [{start}, {start + length}) exceed num_classes = {self.num_classes}")
+            fail(fn, f"columns [{start}, {start + length}) exceed num_classes = {self.num_classes}")
         keep = (self.indices >= start) & (self.indices < start + length)
         counts = torch.zeros(self.shape[0], dtype=torch.int64, device=self.device)
         counts.index_add_(0, self.row_ids(), keep.to(torch.int64))
@@ -237,26 +197,26 @@ class SparseTargets:
                 f"device={self.device})")
 
 
-def _from_csr(fn, indices, offsets, num_classes, values):
+def _from_csr(method, indices, offsets, num_classes, values):
+    fn = f"SparseTargets.{method}"
     c = _nonneg_int(fn, "num_classes", num_classes)
-    indices = _int_tensor(fn, "indices", indices)
-    offsets = _int_tensor(fn, "offsets", offsets)
-    if offsets.device != indices.device:
-        _fail(fn, f"offsets is on {offsets.device} but indices is on {indices.device}")
+    indices = check_int_tensor(fn, "indices", indices).to(torch.int64)
+    offsets = check_int_tensor(fn, "offsets", offsets).to(torch.int64)
+    check_same_device(fn, "offsets", offsets, "indices", indices)
     if indices.dim() != 1:
-        _fail(fn, f"indices must be 1-D (nnz,), got shape {tuple(indices.shape)}")
+        fail(fn, f"indices must be 1-D (nnz,), got shape {tuple(indices.shape)}")
     if offsets.dim() != 1 or offsets.numel() == 0:
-        _fail(fn, f"offsets must be 1-D (N+1,), got shape {tuple(offsets.shape)}")
-    values = _values(fn, values, indices.shape, indices.device)
+        fail(fn, f"offsets must be 1-D (N+1,), got shape {tuple(offsets.shape)}")
+    values = _values(fn, values, indices)
     nnz = indices.numel()
     first, last = (int(v) for v in offsets[[0, -1]])
     if first != 0:
-        _fail(fn, f"offsets must start at 0, got {first}")
+        fail(fn, f"offsets must start at 0, got {first}")
     if last != nnz:
-        _fail(fn, f"offsets must end at nnz = {nnz} (the length of indices), got {last}")
+        fail(fn, f"offsets must end at nnz = {nnz} (the length of indices), got {last}")
     if offsets.numel() > 1 and not bool((offsets[1:] >= offsets[:-1]).all()):
-        _fail(fn, "offsets must be non-decreasing")
-    _check_range(fn, "indices", indices, 0, c)
+        fail(fn, "offsets must be non-decreasing")
+    check_range(fn, "indices", indices, 0, c)
     return _canonical(fn, indices, offsets[1:] - offsets[:-1], values, c) + (c,)
 
 
@@ -275,8 +235,8 @@ def _canonical(fn, cols, counts, values, num_classes):
         if not bool(first.all()):
             if values is not None:
                 i = int(torch.nonzero(~first)[0])
-                _fail(fn, f"indices repeat class {int(cols[i])} in row {int(rows[i])}; with values "
-                          "each positive must appear once")
+                fail(fn, f"indices repeat class {int(cols[i])} in row {int(rows[i])}; with values "
+                         "each positive must appear once")
             rows, cols = rows[first], cols[first]
             counts = torch.bincount(rows, minlength=n)
     offsets = torch.zeros(n + 1, dtype=torch.int64, device=device)
