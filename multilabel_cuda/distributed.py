@@ -9,22 +9,16 @@ N x C anything. Every rank gets the global loss; backward gives each rank the gr
 rows and of its own weight/bias shard. The weight may also be a DTensor sharded ``Shard(0)`` on a
 1-D mesh.
 
-How (docs/design.md, "Label sharding"): BCE and soft margin are sums over classes, so each rank
-runs the single-process fused loss on its classes (its reduction times C_r / C) and the partial
-losses are summed; the margin loss first sums the (N, K) positives' scores over the
-ranks (each positive's row lives on one rank), then each rank streams its own classes against them,
-and the positives' hinge counts are summed before their gradient is added by their owner. With
-``update=`` (the fused SGD update) each rank's pass steps its own rows, scaled for the global C.
-Communication is torch.distributed collectives (gloo, NCCL) wrapped in autograd Functions as in
-Megatron's tensor-parallel mappings. Every call starts with one small all_gather of each rank's
-argument summary, from which every rank takes the same decision: a bad argument on any rank raises
-LossArgumentError on all ranks instead of leaving the others waiting in a collective.
+How each loss is split, the collectives (Megatron-style autograd Functions) and the fused update
+on a shard: docs/design.md, "Label sharding". Every call starts with one small all_gather of each
+rank's argument summary, from which every rank takes the same decision: a bad argument on any rank
+raises LossArgumentError on all ranks instead of leaving the others waiting in a collective.
 """
 import torch
 import torch.distributed as dist
 
 from . import _linear_stream, linear as _linear
-from ._errors import LossArgumentError
+from .functional import _fail
 from ._reduction import NONE, MEAN, code as _reduction_code
 from .metrics import linear_topk, precision_at_k
 from .sparse import SparseTargets
@@ -44,10 +38,6 @@ BCE, SOFT_MARGIN, MARGIN, TOPK = _linear.BCE, _linear.SOFT_MARGIN, _linear.MARGI
 _BATCHES = ("replicated", "data_parallel")
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8, torch.int8,
            torch.int16, torch.int32, torch.int64, torch.bool)
-
-
-def _fail(fn, msg):
-    raise LossArgumentError(f"{fn}: {msg}")
 
 
 def _dtype_code(t):
@@ -95,11 +85,15 @@ class _SumOverRanks(torch.autograd.Function):
         return grad, None
 
 
-def _gather_rows(t, rows, group):
-    """Every rank's t (rows[r] x ...) stacked in rank order; all_gather pads to the largest."""
-    most = max(rows)
+def _pad_rows(t, most):
     pad = t.new_zeros((most,) + tuple(t.shape[1:]))
     pad[:t.size(0)] = t
+    return pad
+
+
+def _gather_rows(t, rows, group):
+    """Every rank's t (rows[r] x ...) stacked in rank order; all_gather pads to the largest."""
+    pad = _pad_rows(t, max(rows))
     parts = [torch.empty_like(pad) for _ in rows]
     dist.all_gather(parts, pad, group=group)
     return torch.cat([p[:n] for p, n in zip(parts, rows)])
@@ -116,12 +110,7 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        most = max(ctx.rows)
-        parts = []
-        for g in grad.split(ctx.rows):
-            p = g.new_zeros((most,) + tuple(g.shape[1:]))
-            p[:g.size(0)] = g
-            parts.append(p)
+        parts = [_pad_rows(g, max(ctx.rows)) for g in grad.split(ctx.rows)]
         out = torch.empty_like(parts[0])
         dist.reduce_scatter(out, parts, group=ctx.group)
         return out[:ctx.rows[ctx.rank]], None, None, None
@@ -282,14 +271,12 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
                 pos_weight.numel() not in (1, weight.size(0)):
             _fail(fn, f"pos_weight must be this rank's ({weight.size(0)},) entries or one value, "
                       f"got {getattr(pos_weight, 'shape', type(pos_weight).__name__)}")
-        if pos_weight.device != input.device:
-            _fail(fn, f"pos_weight is on {pos_weight.device} but input is on {input.device}")
+        _linear._same_device(fn, "pos_weight", pos_weight, input)
     if isinstance(target, SparseTargets):
         if target.vector or target.shape[0] != input.size(0):
             _fail(fn, f"target of shape {tuple(target.shape)} does not have input's "
                       f"{input.size(0)} rows")
-        if target.device != input.device:
-            _fail(fn, f"target is on {target.device} but input is on {input.device}")
+        _linear._same_device(fn, "target", target, input)
         s.update(target_kind=1, target_classes=target.num_classes, nnz=target.nnz,
                  target_values=target.values is not None,
                  target_dtype=_dtype_code(target.values))
@@ -299,8 +286,7 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
     if target.dim() != 2 or target.size(0) != input.size(0):
         _fail(fn, f"target must have input's {input.size(0)} rows, got shape "
                   f"{tuple(target.shape)}")
-    if target.device != input.device:
-        _fail(fn, f"target is on {target.device} but input is on {input.device}")
+    _linear._same_device(fn, "target", target, input)
     s.update(target_kind=0, target_dtype=_dtype_code(target))
     if kind == MARGIN:
         if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
@@ -386,8 +372,8 @@ class _ShardedMargin(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, target, reduction, chunk, plan, need):
-        loss, grads = _linear_stream._stream_margin(x, weight, bias, target, reduction, chunk, need,
-                                             shard=plan)
+        loss, grads = _linear_stream._stream_margin(x, weight, bias, target, reduction, chunk,
+                                                    need, shard=plan)
         ctx.grads = grads.results(x, weight, bias)
         ctx.need = need
         return loss
@@ -398,40 +384,33 @@ class _ShardedMargin(torch.autograd.Function):
         return out + (None,) * 5
 
 
-def _sharded_loss(kind, fn, input, weight, target, bias, pos_weight, reduction, class_range,
-                  group, batch, chunk_size, update):
+def _sharded_loss(kind, input, weight, target, bias, pos_weight, reduction, class_range, group,
+                  batch, chunk_size, update):
+    fn = "sharded_" + _linear_stream._FN_NAMES[kind]
     weight, bias, pos_weight, chunk, plan, sgd = _prepare(
         fn, kind, input, weight, target, bias, pos_weight, reduction, class_range, group, batch,
         chunk_size, update=update)
     x = _region_input(input, plan, batch)
     red = _reduction_code(reduction)
+    if kind == MARGIN:
+        target = _margin_target(target, plan, batch)
+    else:
+        target = _shard_target(target, plan, batch)
     if sgd is not None:  # the fused update: the pass itself scales for the global C (plan)
-        if kind == MARGIN:
-            target_args = (_margin_target(target, plan, batch), None, None, None, None)
-        else:
-            t = _shard_target(target, plan, batch)
-            target_args = (None, t.indices, t.offsets, t.values, pos_weight) \
-                if isinstance(t, SparseTargets) else (t, None, None, None, pos_weight)
+        target_args = (target, None, None, None, None) if kind == MARGIN else \
+            (*_linear._target_tensors(target), pos_weight)
         part = _linear._sgd_loss(kind, x, weight, bias, target_args, red, chunk, update, sgd,
                                  shard=plan)
-        return _SumOverRanks.apply(part, plan.group)
-    if kind == MARGIN:
-        grad_on = torch.is_grad_enabled()
-        need = (grad_on and x.requires_grad, grad_on and weight.requires_grad,
-                grad_on and bias is not None and bias.requires_grad)
-        part = _ShardedMargin.apply(x, weight, bias, _margin_target(target, plan, batch), red,
-                                    chunk, plan, need)
-        return _SumOverRanks.apply(part, plan.group)
-    # Sums over classes: the local loss with the same reduction, times C_r / C (a row's mean and
-    # the mean over N x C are over the global C), but BCE's plain sum.
-    scale = 1.0 if kind == BCE and red != MEAN else plan.length / plan.classes
-    t = _shard_target(target, plan, batch)
-    if kind == BCE:
-        part = _linear.linear_binary_cross_entropy_with_logits(x, weight, t, bias, pos_weight,
-                                                               reduction, chunk)
+    elif kind == MARGIN:
+        part = _ShardedMargin.apply(x, weight, bias, target, red, chunk, plan,
+                                    _linear._needs(x, weight, bias, red))
     else:
-        part = _linear.linear_multilabel_soft_margin_loss(x, weight, t, bias, reduction, chunk)
-    return _SumOverRanks.apply(part * scale, plan.group)
+        # Sums over classes: the local loss with the same reduction, times C_r / C (a row's mean
+        # and the mean over N x C are over the global C), but BCE's plain sum.
+        scale = 1.0 if kind == BCE and red != MEAN else plan.length / plan.classes
+        part = _linear._fused_loss(kind, x, weight, target, bias, pos_weight, reduction, chunk,
+                                   None) * scale
+    return _SumOverRanks.apply(part, plan.group)
 
 
 # ---- public functions ----------------------------------------------------------------------------
@@ -459,9 +438,8 @@ def sharded_linear_binary_cross_entropy_with_logits(input, weight, target, bias=
     """linear_binary_cross_entropy_with_logits with the classes sharded over the ranks. target:
     (N, C) floating or a SparseTargets, global classes, this rank's rows. pos_weight: this rank's
     (C_r,) entries or one value.""" + _ARGS_DOC
-    return _sharded_loss(BCE, "sharded_linear_binary_cross_entropy_with_logits", input, weight,
-                         target, bias, pos_weight, reduction, class_range, group, batch,
-                         chunk_size, update)
+    return _sharded_loss(BCE, input, weight, target, bias, pos_weight, reduction, class_range,
+                         group, batch, chunk_size, update)
 
 
 def sharded_linear_multilabel_soft_margin_loss(input, weight, target, bias=None, reduction="mean",
@@ -469,9 +447,8 @@ def sharded_linear_multilabel_soft_margin_loss(input, weight, target, bias=None,
                                                chunk_size=None, *, update=None):
     """linear_multilabel_soft_margin_loss with the classes sharded over the ranks; each row's mean
     is over the global C. target: (N, C) or a SparseTargets, global classes.""" + _ARGS_DOC
-    return _sharded_loss(SOFT_MARGIN, "sharded_linear_multilabel_soft_margin_loss", input, weight,
-                         target, bias, None, reduction, class_range, group, batch, chunk_size,
-                         update)
+    return _sharded_loss(SOFT_MARGIN, input, weight, target, bias, None, reduction, class_range,
+                         group, batch, chunk_size, update)
 
 
 def sharded_linear_multilabel_margin_loss(input, weight, target, bias=None, reduction="mean",
@@ -480,8 +457,8 @@ def sharded_linear_multilabel_margin_loss(input, weight, target, bias=None, redu
     """linear_multilabel_margin_loss with the classes sharded over the ranks, exactly: the (N, K)
     positives' scores are summed over the ranks first. target: (N, K) global class indices
     (-1 padded) or a SparseTargets.""" + _ARGS_DOC
-    return _sharded_loss(MARGIN, "sharded_linear_multilabel_margin_loss", input, weight, target,
-                         bias, None, reduction, class_range, group, batch, chunk_size, update)
+    return _sharded_loss(MARGIN, input, weight, target, bias, None, reduction, class_range, group,
+                         batch, chunk_size, update)
 
 
 def sharded_linear_topk(input, weight, k, bias=None, class_range=None, group=None,
@@ -537,13 +514,11 @@ def sharded_precision_at_k(topk_indices, targets, k, group=None, batch="replicat
 
 # ---- modules -------------------------------------------------------------------------------------
 
-class _ShardedLoss(torch.nn.Module):
+class _ShardedLoss(_linear._LinearLoss):
     def __init__(self, reduction="mean", class_range=None, group=None, batch="replicated",
                  chunk_size=None):
-        super().__init__()
-        _reduction_code(reduction)
-        self.reduction, self.class_range, self.group = reduction, class_range, group
-        self.batch, self.chunk_size = batch, chunk_size
+        super().__init__(reduction, chunk_size)
+        self.class_range, self.group, self.batch = class_range, group, batch
 
     def _kw(self):
         return dict(reduction=self.reduction, class_range=self.class_range, group=self.group,
