@@ -1,36 +1,23 @@
 """Fused linear + loss: the losses of ``F.linear(input, weight, bias)`` without the N x C logits.
 
-The classes are streamed in chunks (multilabel_cuda/_linear_stream.py). For each chunk: its logits by one GEMM into a reused N x chunk
-buffer (float32, or float64 for float64 tensors), the loss and its gradient on them (BCE and soft
-margin: the compiled ``multilabel_cuda::bce_chunk_``, which overwrites the logits with their
-gradient and reads a SparseTargets' positives straight from its CSR arrays, where the extension has
-a kernel for the device, else the reference formulas; margin: torch ops per target slot), then at
-once the chunk's gradient contributions: input's accumulated by a GEMM into an (N, D) buffer,
-weight's rows and bias's entries written in place. All of it happens in forward when gradients
-are needed; backward only scales by the upstream gradient. Memory beyond the parameters
-and their gradients is O(N * chunk + N * D), whatever C is (float16/bfloat16 add the chunk's weight
-rows in float32, chunk x D; the margin loss adds O(N * K) for K target slots a row).
+The classes are streamed in chunks (multilabel_cuda/_linear_stream.py; the scheme and its memory
+in docs/design.md, "Large label spaces"). Autograd goes through torch.library custom ops
+(``multilabel_cuda::linear_bce``, ``linear_soft_margin``, ``linear_margin``, and
+``linear_loss_backward`` for what cannot be a scale):
 
-Autograd goes through torch.library custom ops (``multilabel_cuda::linear_bce``,
-``linear_soft_margin``, ``linear_margin``, and ``linear_loss_backward`` for what cannot be a scale):
-
-* reduction 'mean' / 'sum': the forward op returns the three gradients for an upstream of 1 and
-  backward scales them (in eager, in place, handing the buffers to autograd);
+* reduction 'mean' / 'sum': the forward op makes the loss and the three gradients for an upstream
+  of 1 and backward scales them (in eager, in place, handing the buffers to autograd);
 * reduction 'none' (and a retained graph's second backward, and create_graph=True): the upstream is
   not a scalar, so ``linear_loss_backward`` streams the chunks again with it;
 * double backward is refused with an error (``linear_loss_backward`` has no derivative).
 
 The fused SGD update (``update=`` a torch.optim.SGD; the semantics are in
-``linear_binary_cross_entropy_with_logits``'s docstring): the same stream, but each block of weight
-rows (and bias entries) is stepped by SGD's rule (torch's own, ``_SGDRows``) as soon as its gradient
-exists, after the chunk's input gradient used the old rows, so no C x D gradient is ever stored.
-Two ops: ``linear_loss_sgd_`` (called under no_grad, like an optimizer's step; it mutates weight,
-bias and their momentum buffers) returns the loss and input's gradient, and
-``linear_loss_sgd_output`` puts the loss in the autograd graph: its backward checks the upstream is
-1 and hands input its gradient; weight and bias get none. Per row the step needs nothing global but
-the gradient's scale, so it works on a shard of the classifier's rows as well: with ``shard=``
-(multilabel_cuda.distributed) the pass scales for the global class count (``_global_scale``) and
-runs eagerly, outside the op.
+``linear_binary_cross_entropy_with_logits``'s docstring) is two ops: ``linear_loss_sgd_`` (called
+under no_grad, like an optimizer's step; it mutates weight, bias and their momentum buffers)
+returns the loss and input's gradient, and ``linear_loss_sgd_output`` puts the loss in the autograd
+graph: its backward checks the upstream is 1 and hands input its gradient; weight and bias get
+none. On a shard of the classifier's rows (``shard=``, multilabel_cuda.distributed) the pass runs
+eagerly, outside the op.
 """
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
@@ -237,11 +224,7 @@ def _no_double_backward(ctx, *grads):
                        "functions for higher-order gradients")
 
 
-def _setup_backward(ctx, inputs, output):
-    pass
-
-
-_linear_loss_backward.register_autograd(_no_double_backward, setup_context=_setup_backward)
+_linear_loss_backward.register_autograd(_no_double_backward)
 
 
 def _setup_sgd_output(ctx, inputs, output):
