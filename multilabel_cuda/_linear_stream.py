@@ -1,10 +1,13 @@
-"""The streaming pass of the fused linear losses (multilabel_cuda/linear.py, whose docstring gives
-the scheme): classes in chunks, each chunk's logits by one GEMM into a reused buffer, its loss and
-gradient in place (``multilabel_cuda::bce_chunk_`` or the reference formulas; the margin loss by
-torch ops per target slot), then at once the chunk's gradient contributions (_Grads), or, with the
-fused update, SGD's step on the chunk's rows (_SGDRows). The scale rule of the three losses is
-written once here (_global_scale). linear.py wraps the pass in torch.library ops;
-multilabel_cuda.distributed runs it on one rank's shard of the classes (``shard=``)."""
+"""The streaming pass of the fused linear losses (the scheme: docs/design.md, "Large label
+spaces"): classes in chunks, each chunk's logits by one GEMM into a reused buffer (float32, or
+float64 for float64 tensors), its loss and gradient in place (``multilabel_cuda::bce_chunk_`` or the
+reference formulas; the margin loss by torch ops per target slot), then at once the chunk's
+gradient contributions (_Grads), or, with the fused update, SGD's step on the chunk's rows
+(_SGDRows). Memory beyond the parameters and their gradients: O(N * chunk + N * D); float16/bfloat16
+add the chunk's weight rows in float32 (chunk x D), the margin loss O(N * K) for K target slots a
+row. The scale rule of the three losses is written once here (_global_scale). linear.py wraps the
+pass in torch.library ops; multilabel_cuda.distributed runs it on one rank's shard of the classes
+(``shard=``)."""
 import bisect
 
 import torch
@@ -79,7 +82,8 @@ def _bce_chunk_extension(logits, targets, c0, pos_weight, reduction, per_row):
 
 def _bce_chunk_reference(logits, targets, c0, pos_weight, reduction, per_row):
     """The same in plain torch on the densified chunk target: the reference loss, then its
-    derivative d/dx of (1 - t) x - (1 + (p - 1) t) log sigmoid(x), (1 + (p - 1) t) sigmoid(x) - p t."""
+    derivative d/dx of (1 - t) x - (1 + (p - 1) t) log sigmoid(x),
+    (1 + (p - 1) t) sigmoid(x) - p t."""
     target = targets.dense_chunk(c0, logits.size(1))
     loss = reference.binary_cross_entropy_with_logits(logits, target, None, pos_weight, reduction)
     grad = logits.sigmoid_()
@@ -173,9 +177,9 @@ class _Grads:
 
     _UPDATE_BYTES = 1 << 20  # the weight gradient of one block of stepped rows: 1 MiB
 
-    def __init__(self, x, input, weight, bias, need, scale, cdt, update=None):
+    def __init__(self, x, input, weight, bias, need, scale, update=None):
         need_input, need_weight, need_bias = need
-        self.x, self.scale, self.cdt = x, scale, cdt
+        self.x, self.scale, self.cdt = x, scale, x.dtype
         n_rows, d = x.shape
         self.gi = x.new_zeros(n_rows, d) if need_input else None
         self.up_w, self.up_b = update if update is not None else (None, None)
@@ -279,10 +283,9 @@ class _Grads:
         """Steps the deferred rows with their whole gradient."""
         if self.deferred is None or self.deferred.numel() == 0:
             return
-        if self.up_w is not None:
-            self.up_w.step_index(self.deferred, self.d_gw)
-        if self.up_b is not None:
-            self.up_b.step_index(self.deferred, self.d_gb)
+        for sgd, grad in ((self.up_w, self.d_gw), (self.up_b, self.d_gb)):
+            if sgd is not None:
+                sgd.step_index(self.deferred, grad)
 
     def results(self, input, weight, bias):
         empty = input.new_empty(0)
@@ -302,22 +305,20 @@ def _chunk_upstream(grad, upstream, c0, n):
     return grad.mul_(upstream)
 
 
-def _chunks(classes, chunk):
+def _chunk_logits(x, weight, bias, chunk):
+    """(c0, n, logits, w) of each chunk of classes [c0, c0 + n): its (N, n) logits by one GEMM into
+    one reused buffer, and its weight rows in the compute dtype (x's)."""
+    rows, classes = x.size(0), weight.size(0)
+    buf = x.new_empty(rows * min(chunk, classes))
     for c0 in range(0, classes, chunk):
-        yield c0, min(chunk, classes - c0)
-
-
-def _logits(buf, x, weight, bias, c0, n, cdt):
-    """One chunk's logits by one GEMM into the reused buffer; returns them and the chunk's weight
-    rows in the compute dtype."""
-    rows = x.size(0)
-    out = buf.narrow(0, 0, rows * n).view(rows, n)
-    w = weight.narrow(0, c0, n).to(cdt)
-    if bias is not None:
-        torch.addmm(bias.narrow(0, c0, n).to(cdt), x, w.t(), out=out)
-    else:
-        torch.mm(x, w.t(), out=out)
-    return out, w
+        n = min(chunk, classes - c0)
+        logits = buf.narrow(0, 0, rows * n).view(rows, n)
+        w = weight.narrow(0, c0, n).to(x.dtype)
+        if bias is not None:
+            torch.addmm(bias.narrow(0, c0, n).to(x.dtype), x, w.t(), out=logits)
+        else:
+            torch.mm(x, w.t(), out=logits)
+        yield c0, n, logits, w
 
 
 def _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction, chunk, need,
@@ -331,23 +332,16 @@ def _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction, chunk
     total = shard.classes if shard is not None else classes
     cdt = _compute_dtype(input.dtype)
     x = input.to(cdt)
-    grads = _Grads(x, input, weight, bias, need, _global_scale(kind, reduction, rows, total), cdt,
+    grads = _Grads(x, input, weight, bias, need, _global_scale(kind, reduction, rows, total),
                    update)
     compute_grad = grads.any()
     pw = pos_weight.to(cdt) if pos_weight is not None else None
     per_element = reduction == NONE and kind == BCE and upstream is None
     per_row = reduction == NONE and kind == SOFT_MARGIN and upstream is None
-    if per_element:
-        loss = x.new_empty(rows, classes)
-    elif per_row:
-        loss = x.new_zeros(rows)
-    else:
-        loss = x.new_zeros(())
-    buf = x.new_empty(rows * min(chunk, classes))
-    for c0, n in _chunks(classes, chunk):
-        logits, w = _logits(buf, x, weight, bias, c0, n, cdt)
+    loss = x.new_empty(rows, classes) if per_element else x.new_zeros((rows,) if per_row else ())
+    op_red = NONE if per_element or per_row else SUM
+    for c0, n, logits, w in _chunk_logits(x, weight, bias, chunk):
         pw_c = pw if pw is None or pw.dim() == 0 or pw.size(-1) == 1 else pw.narrow(-1, c0, n)
-        op_red = NONE if per_element or per_row else SUM
         part = _bce_chunk(logits, targets, c0, pw_c, op_red, per_row)  # logits := their gradient
         if per_element:
             loss.narrow(1, c0, n).copy_(part)
@@ -414,7 +408,7 @@ def _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream
     own = valid & (idx >= start) & (idx < start + classes)  # positives whose row is here
     own_idx = torch.where(own, idx - start, 0)
     grads = _Grads(x, input, weight, bias, need, _global_scale(MARGIN, reduction, rows, total),
-                   cdt, update)
+                   update)
     if grads.update:  # a positive's row gets gradient at the end too: stepped then
         grads.defer(own_idx[own])
     compute_grad = grads.any()
@@ -427,9 +421,7 @@ def _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream
     row_loss = x.new_zeros(rows)
     counts = x.new_zeros(rows, slots)  # active hinges of each target slot
     hit_buf = torch.empty(rows * min(chunk, classes), dtype=torch.int32, device=x.device)
-    buf = x.new_empty(rows * min(chunk, classes))
-    for c0, n in _chunks(classes, chunk):
-        logits, w = _logits(buf, x, weight, bias, c0, n, cdt)
+    for c0, n, logits, w in _chunk_logits(x, weight, bias, chunk):
         local = idx - (start + c0)
         inside = valid & (local >= 0) & (local < n)
         hits = hit_buf.narrow(0, 0, rows * n).view(rows, n).zero_()
