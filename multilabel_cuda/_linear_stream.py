@@ -37,12 +37,9 @@ _MIN_CHUNK = 256
 def default_chunk_size(rows, classes, dtype):
     """The chunk width when ``chunk_size=None``: about 8 MiB of chunk logits,
     ``clamp(2**23 // (rows * itemsize), 256, classes)`` with itemsize 4 (8 for float64): at
-    N = 256, 8192 classes. Measured on the shared 2-core CPU (N = D = 256, C = 2^16, float32,
-    forward + backward, best of interleaved runs): chunks of 1024 and 2048 columns took about 3.5x
-    and 2x the time of 8192 (per-chunk costs: each GEMM and kernel is a parallel region, which a
-    busy machine makes expensive), 4096 1.45x, 16384 within 10% of 8192. The logits and
-    their gradient (2 x 8 MiB) stay within a last-level cache; the floor of 256 keeps GEMMs wide
-    for large N."""
+    N = 256, 8192 classes. Narrower chunks pay the per-chunk costs more often (docs/performance.md,
+    "Fused linear chunk width"); the logits and their gradient (2 x 8 MiB) stay within a last-level
+    cache; the floor of 256 keeps GEMMs wide for large N."""
     item = 8 if dtype == torch.float64 else 4
     return max(1, min(classes, max(_MIN_CHUNK, _CHUNK_BYTES // max(1, rows * item))))
 
@@ -177,7 +174,7 @@ class _Grads:
 
     _UPDATE_BYTES = 1 << 20  # the weight gradient of one block of stepped rows: 1 MiB
 
-    def __init__(self, x, input, weight, bias, need, scale, update=None):
+    def __init__(self, x, weight, bias, need, scale, update=None):
         need_input, need_weight, need_bias = need
         self.x, self.scale, self.cdt = x, scale, x.dtype
         n_rows, d = x.shape
@@ -194,7 +191,6 @@ class _Grads:
                 if need_weight else None
             self.gb = torch.empty_like(bias) if need_bias and bias is not None else None
         self.deferred = self.d_gw = self.d_gb = None
-        self.input_dtype = input.dtype
         self._scaled_ones = None
 
     def any(self):
@@ -288,8 +284,7 @@ class _Grads:
                 sgd.step_index(self.deferred, grad)
 
     def results(self, input, weight, bias):
-        empty = input.new_empty(0)
-        gi = self.gi.to(self.input_dtype) if self.gi is not None else empty
+        gi = self.gi.to(input.dtype) if self.gi is not None else input.new_empty(0)
         gw = self.gw if self.gw is not None else weight.new_empty(0)
         gb = self.gb if self.gb is not None else (bias if bias is not None else weight).new_empty(0)
         return gi, gw, gb
@@ -332,8 +327,7 @@ def _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction, chunk
     total = shard.classes if shard is not None else classes
     cdt = _compute_dtype(input.dtype)
     x = input.to(cdt)
-    grads = _Grads(x, input, weight, bias, need, _global_scale(kind, reduction, rows, total),
-                   update)
+    grads = _Grads(x, weight, bias, need, _global_scale(kind, reduction, rows, total), update)
     compute_grad = grads.any()
     pw = pos_weight.to(cdt) if pos_weight is not None else None
     per_element = reduction == NONE and kind == BCE and upstream is None
@@ -407,8 +401,7 @@ def _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream
     idx, valid = idx[:, :slots], valid[:, :slots]
     own = valid & (idx >= start) & (idx < start + classes)  # positives whose row is here
     own_idx = torch.where(own, idx - start, 0)
-    grads = _Grads(x, input, weight, bias, need, _global_scale(MARGIN, reduction, rows, total),
-                   update)
+    grads = _Grads(x, weight, bias, need, _global_scale(MARGIN, reduction, rows, total), update)
     if grads.update:  # a positive's row gets gradient at the end too: stepped then
         grads.defer(own_idx[own])
     compute_grad = grads.any()
