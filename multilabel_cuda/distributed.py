@@ -245,20 +245,18 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
     """Local checks (raising) and this rank's summary for the agreement."""
     if batch not in _BATCHES:
         _fail(fn, f"batch must be 'replicated' or 'data_parallel', got {batch!r}")
-    s = {"kind": kind, "reduction": red, "batch": _BATCHES.index(batch), "k": k}
+    # input and weight passed linear._check_args: (N, D) and (C_r, D) tensors.
+    s = {"kind": kind, "reduction": red, "batch": _BATCHES.index(batch), "k": k,
+         "range_given": class_range is not None, "shard_rows": weight.size(0),
+         "dtype": _dtype_code(input), "features": input.size(1), "bias": bias is not None,
+         "pos_weight": pos_weight is not None, "rows": input.size(0)}
     if class_range is not None:
         ok = (isinstance(class_range, (tuple, list)) and len(class_range) == 2
               and all(isinstance(v, int) and not isinstance(v, bool) for v in class_range)
               and 0 <= class_range[0] <= class_range[1])
         if not ok:
             _fail(fn, f"class_range must be None or (start, stop) ints, got {class_range!r}")
-        s.update(range_given=1, start=class_range[0], stop=class_range[1])
-    else:
-        s.update(range_given=0)
-    s.update(shard_rows=weight.size(0) if isinstance(weight, torch.Tensor) and weight.dim() == 2
-             else 0)
-    s.update(dtype=_dtype_code(input), features=input.size(-1), bias=bias is not None,
-             pos_weight=pos_weight is not None, rows=input.size(0))
+        s.update(start=class_range[0], stop=class_range[1])
     if kind == TOPK:
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             _fail(fn, f"k must be an int >= 0, got {k!r}")
@@ -327,8 +325,7 @@ def _prepare(fn, kind, input, weight, target, bias, pos_weight, reduction, class
             chunk = _linear._check_args(fn, input, weight, bias, chunk_size)
         summary = _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_range,
                              batch, k)
-        summary["dtensor_classes"] = dt_classes
-        summary["update"] = update is not None
+        summary.update(dtensor_classes=dt_classes, update=update is not None)
         if update is not None:
             sgd = _linear._sgd_state(fn, update, weight, bias, red)
         if kind == MARGIN and isinstance(target, SparseTargets):
