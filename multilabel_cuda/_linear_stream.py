@@ -16,13 +16,7 @@ from torch.optim.sgd import sgd as _torch_sgd
 from . import _backend, reference
 from ._errors import LossArgumentError
 from ._reduction import NONE, MEAN, SUM
-
-try:
-    from .sparse import SparseTargets as _SparseTargets
-except ModuleNotFoundError as e:  # multilabel_cuda.sparse not there (yet): dense targets only
-    if e.name != f"{__package__}.sparse":
-        raise
-    _SparseTargets = None
+from .sparse import SparseTargets
 
 # Loss kinds, as the ops' `kind` argument.
 BCE, SOFT_MARGIN, MARGIN = 0, 1, 2
@@ -46,10 +40,6 @@ def default_chunk_size(rows, classes, dtype):
 
 def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _is_sparse(target):
-    return _SparseTargets is not None and isinstance(target, _SparseTargets)
 
 
 def _global_scale(kind, reduction, rows, classes):
@@ -107,7 +97,7 @@ class _Targets:
         self.dense, self.dtype = dense, dtype
         self.sparse = self.csr = None
         if indices is not None:
-            self.sparse = _SparseTargets.from_csr(indices, offsets, classes, values)
+            self.sparse = SparseTargets.from_csr(indices, offsets, classes, values)
             vals = self.sparse.values
             self.csr = (self.sparse.indices, self.sparse.offsets,
                         None if vals is None else vals.to(dtype))

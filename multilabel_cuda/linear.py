@@ -24,9 +24,10 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _ops
 from .functional import _check_tensor, _fail
-from ._linear_stream import (BCE, MARGIN, SOFT_MARGIN, _FN_NAMES, _SGDRows, _compute_dtype,
-                             _is_sparse, _run, default_chunk_size)
+from ._linear_stream import (BCE, MARGIN, SOFT_MARGIN, _FN_NAMES, _SGDRows, _compute_dtype, _run,
+                             default_chunk_size)
 from ._reduction import NONE, code as _reduction_code
+from .sparse import SparseTargets
 
 __all__ = ["linear_binary_cross_entropy_with_logits", "linear_multilabel_soft_margin_loss",
            "linear_multilabel_margin_loss", "LinearBCEWithLogitsLoss",
@@ -52,33 +53,28 @@ def _linear_loss_backward(upstream: torch.Tensor, input: torch.Tensor, weight: t
     return grads.results(input, weight, bias)
 
 
-@torch.library.custom_op(f"{_LIB}::linear_loss_sgd_",
-                         mutates_args=("weight", "bias", "weight_momentum", "bias_momentum"))
-def _linear_loss_sgd(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                     target: torch.Tensor | None, indices: torch.Tensor | None,
-                     offsets: torch.Tensor | None, values: torch.Tensor | None,
-                     pos_weight: torch.Tensor | None, kind: int, reduction: int, chunk_size: int,
-                     need_input: bool, weight_momentum: torch.Tensor | None,
-                     bias_momentum: torch.Tensor | None, weight_sgd: list[float],
-                     bias_sgd: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loss with the SGD step of weight and bias fused in: returns (loss, input's gradient for
-    an upstream of 1) and steps weight (bias) in place when weight_sgd (bias_sgd) is not empty
-    (_SGDRows's fields), their momentum buffers with them."""
-    return _sgd_pass(input, weight, bias, target, indices, offsets, values, pos_weight, kind,
-                     reduction, chunk_size, need_input, weight_momentum, bias_momentum, weight_sgd,
-                     bias_sgd)
-
-
 def _sgd_pass(input, weight, bias, target, indices, offsets, values, pos_weight, kind, reduction,
               chunk_size, need_input, weight_momentum, bias_momentum, weight_sgd, bias_sgd,
               shard=None):
-    """linear_loss_sgd_'s body; with `shard` (label sharding, _stream_margin), called eagerly."""
+    """The loss with the SGD step of weight and bias fused in: returns (loss, input's gradient for
+    an upstream of 1) and steps weight (bias) in place when weight_sgd (bias_sgd) is not empty
+    (_SGDRows's fields), their momentum buffers with them. The op linear_loss_sgd_; with `shard`
+    (label sharding, _stream_margin), called eagerly."""
     update = (_SGDRows(weight, weight_momentum, weight_sgd) if weight_sgd else None,
               _SGDRows(bias, bias_momentum, bias_sgd) if bias_sgd and bias is not None else None)
     loss, grads = _run(kind, input, weight, bias, target, indices, offsets, values, pos_weight,
                        reduction, chunk_size, (need_input, False, False), update=update,
                        shard=shard)
     return loss, grads.results(input, weight, bias)[0]
+
+
+_linear_loss_sgd = torch.library.custom_op(
+    f"{_LIB}::linear_loss_sgd_", _sgd_pass,
+    mutates_args=("weight", "bias", "weight_momentum", "bias_momentum"),
+    schema="(Tensor input, Tensor(a!) weight, Tensor(b!)? bias, Tensor? target, Tensor? indices, "
+           "Tensor? offsets, Tensor? values, Tensor? pos_weight, SymInt kind, SymInt reduction, "
+           "SymInt chunk_size, bool need_input, Tensor(c!)? weight_momentum, "
+           "Tensor(d!)? bias_momentum, float[] weight_sgd, float[] bias_sgd) -> (Tensor, Tensor)")
 
 
 @torch.library.custom_op(f"{_LIB}::linear_loss_sgd_output", mutates_args=())
@@ -307,7 +303,7 @@ def _check_no_grad(fn, name, t):
 def _target_tensors(target):
     """(target, None, None, None) of a dense target, (None, indices, offsets, values) of a
     SparseTargets: the forward ops' target arguments."""
-    if _is_sparse(target):
+    if isinstance(target, SparseTargets):
         return None, target.indices, target.offsets, target.values
     return target, None, None, None
 
@@ -315,8 +311,8 @@ def _target_tensors(target):
 def _target_parts(fn, target, input, weight, integer_ok):
     """_target_tensors of an (N, C) target or SparseTargets, checked against input and weight."""
     shape = (input.size(0), weight.size(0))
-    if _is_sparse(target):
-        if tuple(target.shape) != shape or getattr(target, "vector", False):
+    if isinstance(target, SparseTargets):
+        if tuple(target.shape) != shape or target.vector:
             _fail(fn, f"target of shape {tuple(target.shape)} does not match (N, C) = {shape}")
         _same_device(fn, "target", target, input)
         return _target_tensors(target)
@@ -335,7 +331,7 @@ def _target_parts(fn, target, input, weight, integer_ok):
 
 def _margin_target(fn, target, input, weight):
     """The margin loss's (N, K) class indices (a SparseTargets padded), checked."""
-    if _is_sparse(target):
+    if isinstance(target, SparseTargets):
         _target_parts(fn, target, input, weight, False)
         return target.to_padded()
     if not isinstance(target, torch.Tensor):
