@@ -16,6 +16,7 @@ raises LossArgumentError on all ranks instead of leaving the others waiting in a
 """
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from . import _linear_stream, linear as _linear
 from .functional import _fail
@@ -133,10 +134,9 @@ def _gather_sparse(target, rows, nnz, group):
     counts = _gather_rows(counts, rows, group)
     pick = torch.cat([torch.arange(n, device=counts.device) + i * max(nnz)
                       for i, n in enumerate(nnz)])
-    indices = _gather_rows(target.indices, [max(nnz)] * len(nnz), group)[pick]
-    values = None
-    if target.values is not None:
-        values = _gather_rows(target.values, [max(nnz)] * len(nnz), group)[pick]
+    padded = [max(nnz)] * len(nnz)
+    indices = _gather_rows(target.indices, padded, group)[pick]
+    values = None if target.values is None else _gather_rows(target.values, padded, group)[pick]
     offsets = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
     torch.cumsum(counts, 0, out=offsets[1:])
     return SparseTargets._new(indices, offsets, values, target.num_classes, False)
@@ -476,9 +476,8 @@ def sharded_linear_topk(input, weight, k, bias=None, class_range=None, group=Non
         values, indices = linear_topk(x, weight, width, bias, chunk)
         indices = indices + plan.start
         if width < k:  # pads rank after every real candidate
-            values = torch.cat((values, values.new_full((x.size(0), k - width), -float("inf"))), 1)
-            indices = torch.cat((indices, indices.new_full((x.size(0), k - width),
-                                                           plan.classes)), 1)
+            values = F.pad(values, (0, k - width), value=-float("inf"))
+            indices = F.pad(indices, (0, k - width), value=plan.classes)
         vs = [torch.empty_like(values) for _ in plan.rows]
         js = [torch.empty_like(indices) for _ in plan.rows]
         dist.all_gather(vs, values, group=plan.group)
