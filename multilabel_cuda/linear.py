@@ -118,12 +118,6 @@ def _(loss, grad_input, input, weight, bias):
     return torch.empty_like(loss)
 
 
-def _plain(*tensors):
-    """Real tensors seen by no tracer or mode: backward may scale the kept buffers in place."""
-    return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
-            and all(type(t) is torch.Tensor and not t.requires_grad for t in tensors))
-
-
 def _scale_(grad, upstream):
     """grad *= upstream in place; the extension's _scale_grad_ skips loss.backward()'s exact 1
     (a whole C x D pass) without a host read on CUDA."""
@@ -133,6 +127,19 @@ def _scale_(grad, upstream):
         torch.ops.multilabel_cuda._scale_grad_(grad, upstream)
         return grad
     return grad.mul_(upstream)
+
+
+def _scale_kept(ctx, grad_loss):
+    """ctx.kept (the gradients made in forward) times the upstream gradient. Real tensors seen by
+    no tracer or mode are scaled in place and handed to autograd (ctx.kept becomes None); else
+    copies."""
+    kept = ctx.kept
+    plain = (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+             and all(type(t) is torch.Tensor and not t.requires_grad for t in (grad_loss, *kept)))
+    if not plain:
+        return [g * grad_loss for g in kept]
+    ctx.kept = None
+    return [_scale_(g, grad_loss) if g.numel() else g for g in kept]
 
 
 # The three forward ops: (input, weight, bias, the loss's target arguments, reduction, chunk_size,
@@ -190,12 +197,7 @@ def _define_forward(kind, name, targets):
         if grad_loss is None or not any(need):
             return (None, None, None) + none
         if ctx.kept is not None and not torch.is_grad_enabled():
-            kept, ctx.kept = ctx.kept, None
-            if _plain(grad_loss, *kept):  # give the buffers away, scaled in place
-                grads = [_scale_(g, grad_loss) if g.numel() else g for g in kept]
-            else:
-                grads = [g * grad_loss for g in kept]
-                ctx.kept = kept
+            grads = _scale_kept(ctx, grad_loss)
         else:
             # 'none', a retained graph's second backward (the kept buffers were given away), or
             # create_graph=True (then differentiating the result raises: no double backward).
@@ -224,7 +226,7 @@ _linear_loss_backward.register_autograd(_no_double_backward)
 
 
 def _setup_sgd_output(ctx, inputs, output):
-    ctx.kept = inputs[1]
+    ctx.kept = [inputs[1]]
 
 
 def _sgd_output_backward(ctx, grad_loss):
@@ -234,15 +236,10 @@ def _sgd_output_backward(ctx, grad_loss):
     if torch.is_grad_enabled():
         _no_double_backward(ctx)
     torch._assert_async(grad_loss == 1, _UPSTREAM_ERROR)
-    kept = ctx.kept
-    if kept is None:
+    if ctx.kept is None:
         raise RuntimeError("multilabel_cuda: backward through a fused-update linear loss a second "
                            "time (retain_graph=True): its SGD step is made once, in forward")
-    if _plain(grad_loss, kept):
-        ctx.kept = None
-        gi = _scale_(kept, grad_loss) if kept.numel() else kept
-    else:
-        gi = kept * grad_loss
+    (gi,) = _scale_kept(ctx, grad_loss)
     return None, None, gi if ctx.needs_input_grad[2] else None, None, None
 
 
@@ -495,10 +492,17 @@ def linear_multilabel_margin_loss(input, weight, target, bias=None, reduction="m
 # ---- modules ------------------------------------------------------------------------------------
 
 class _LinearLoss(torch.nn.Module):
+    """The fused linear loss `_kind` as a module (pos_weight, BCE's only, is a buffer)."""
+
     def __init__(self, reduction="mean", chunk_size=None):
         super().__init__()
         _reduction_code(reduction)
         self.reduction, self.chunk_size = reduction, chunk_size
+
+    def forward(self, input, weight, target, bias=None, *, update=None):
+        return _fused_loss(self._kind, input, weight, target, bias,
+                           getattr(self, "pos_weight", None), self.reduction, self.chunk_size,
+                           update)
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}, chunk_size={self.chunk_size}"
@@ -509,30 +513,20 @@ class LinearBCEWithLogitsLoss(_LinearLoss):
     ``loss_fn(input, weight, target, bias=None)`` with an existing nn.Linear's parameters;
     ``update=opt`` (a torch.optim.SGD) fuses its step for weight and bias in (see
     linear_binary_cross_entropy_with_logits)."""
+    _kind = BCE
 
     def __init__(self, pos_weight=None, reduction="mean", chunk_size=None):
         super().__init__(reduction, chunk_size)
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(self, input, weight, target, bias=None, *, update=None):
-        return linear_binary_cross_entropy_with_logits(input, weight, target, bias,
-                                                       self.pos_weight, self.reduction,
-                                                       self.chunk_size, update=update)
-
 
 class LinearMultiLabelSoftMarginLoss(_LinearLoss):
     """MultiLabelSoftMarginLoss of ``F.linear(input, weight, bias)``, called as
     ``loss_fn(input, weight, target, bias=None)``."""
-
-    def forward(self, input, weight, target, bias=None, *, update=None):
-        return linear_multilabel_soft_margin_loss(input, weight, target, bias, self.reduction,
-                                                  self.chunk_size, update=update)
+    _kind = SOFT_MARGIN
 
 
 class LinearMultiLabelMarginLoss(_LinearLoss):
     """MultiLabelMarginLoss of ``F.linear(input, weight, bias)``, called as
     ``loss_fn(input, weight, target, bias=None)``."""
-
-    def forward(self, input, weight, target, bias=None, *, update=None):
-        return linear_multilabel_margin_loss(input, weight, target, bias, self.reduction,
-                                             self.chunk_size, update=update)
+    _kind = MARGIN
