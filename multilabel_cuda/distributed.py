@@ -377,8 +377,7 @@ class _ShardedMargin(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        out = tuple(g * grad if n else None for g, n in zip(ctx.grads, ctx.need))
-        return out + (None,) * 5
+        return tuple(g * grad if n else None for g, n in zip(ctx.grads, ctx.need)) + (None,) * 5
 
 
 def _sharded_loss(kind, input, weight, target, bias, pos_weight, reduction, class_range, group,
@@ -516,9 +515,10 @@ class _ShardedLoss(_linear._LinearLoss):
         super().__init__(reduction, chunk_size)
         self.class_range, self.group, self.batch = class_range, group, batch
 
-    def _kw(self):
-        return dict(reduction=self.reduction, class_range=self.class_range, group=self.group,
-                    batch=self.batch, chunk_size=self.chunk_size)
+    def forward(self, input, weight, target, bias=None, *, update=None):
+        return _sharded_loss(self._kind, input, weight, target, bias,
+                             getattr(self, "pos_weight", None), self.reduction, self.class_range,
+                             self.group, self.batch, self.chunk_size, update)
 
     def extra_repr(self):
         return (f"reduction={self.reduction!r}, class_range={self.class_range}, "
@@ -529,27 +529,18 @@ class ShardedLinearBCEWithLogitsLoss(_ShardedLoss):
     """sharded_linear_binary_cross_entropy_with_logits as a module, called as
     ``loss_fn(input, weight_shard, target, bias_shard=None, update=None)``; pos_weight is this
     rank's entries."""
+    _kind = BCE
 
     def __init__(self, pos_weight=None, **kwargs):
         super().__init__(**kwargs)
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(self, input, weight, target, bias=None, *, update=None):
-        return sharded_linear_binary_cross_entropy_with_logits(
-            input, weight, target, bias, self.pos_weight, **self._kw(), update=update)
-
 
 class ShardedLinearMultiLabelSoftMarginLoss(_ShardedLoss):
     """sharded_linear_multilabel_soft_margin_loss as a module."""
-
-    def forward(self, input, weight, target, bias=None, *, update=None):
-        return sharded_linear_multilabel_soft_margin_loss(input, weight, target, bias,
-                                                          **self._kw(), update=update)
+    _kind = SOFT_MARGIN
 
 
 class ShardedLinearMultiLabelMarginLoss(_ShardedLoss):
     """sharded_linear_multilabel_margin_loss as a module."""
-
-    def forward(self, input, weight, target, bias=None, *, update=None):
-        return sharded_linear_multilabel_margin_loss(input, weight, target, bias, **self._kw(),
-                                                     update=update)
+    _kind = MARGIN
