@@ -1,10 +1,13 @@
-"""The streaming pass of the fused linear losses (multilabel_cuda/linear.py, whose docstring gives
-the scheme): classes in chunks, each chunk's logits by one GEMM into a reused buffer, its loss and
-gradient in place (``multilabel_cuda::bce_chunk_`` or the reference formulas; the margin loss by
-torch ops per target slot), then at once the chunk's gradient contributions (_Grads), or, with the
-fused update, SGD's step on the chunk's rows (_SGDRows). The scale rule of the three losses is
-written once here (_global_scale). linear.py wraps the pass in torch.library ops;
-multilabel_cuda.distributed runs it on one rank's shard of the classes (``shard=``)."""
+"""The streaming pass of the fused linear losses (the scheme: docs/design.md, "Large label
+spaces"): classes in chunks, each chunk's logits by one GEMM into a reused buffer (float32, or
+float64 for float64 tensors), its loss and gradient in place (``multilabel_cuda::bce_chunk_`` or the
+reference formulas; the margin loss by torch ops per target slot), then at once the chunk's
+gradient contributions (_Grads), or, with the fused update, SGD's step on the chunk's rows
+(_SGDRows). Memory beyond the parameters and their gradients: O(N * chunk + N * D); float16/bfloat16
+add the chunk's weight rows in float32 (chunk x D), the margin loss O(N * K) for K target slots a
+row. The scale rule of the three losses is written once here (_global_scale). linear.py wraps the
+pass in torch.library ops; multilabel_cuda.distributed runs it on one rank's shard of the classes
+(``shard=``)."""
 import bisect
 
 import torch
@@ -13,13 +16,7 @@ from torch.optim.sgd import sgd as _torch_sgd
 from . import _backend, reference
 from ._errors import LossArgumentError
 from ._reduction import NONE, MEAN, SUM
-
-try:
-    from .sparse import SparseTargets as _SparseTargets
-except ModuleNotFoundError as e:  # multilabel_cuda.sparse not there (yet): dense targets only
-    if e.name != f"{__package__}.sparse":
-        raise
-    _SparseTargets = None
+from .sparse import SparseTargets
 
 # Loss kinds, as the ops' `kind` argument.
 BCE, SOFT_MARGIN, MARGIN = 0, 1, 2
@@ -34,22 +31,15 @@ _MIN_CHUNK = 256
 def default_chunk_size(rows, classes, dtype):
     """The chunk width when ``chunk_size=None``: about 8 MiB of chunk logits,
     ``clamp(2**23 // (rows * itemsize), 256, classes)`` with itemsize 4 (8 for float64): at
-    N = 256, 8192 classes. Measured on the shared 2-core CPU (N = D = 256, C = 2^16, float32,
-    forward + backward, best of interleaved runs): chunks of 1024 and 2048 columns took about 3.5x
-    and 2x the time of 8192 (per-chunk costs: each GEMM and kernel is a parallel region, which a
-    busy machine makes expensive), 4096 1.45x, 16384 within 10% of 8192. The logits and
-    their gradient (2 x 8 MiB) stay within a last-level cache; the floor of 256 keeps GEMMs wide
-    for large N."""
+    N = 256, 8192 classes. Narrower chunks pay the per-chunk costs more often (docs/performance.md,
+    "Fused linear chunk width"); the logits and their gradient (2 x 8 MiB) stay within a last-level
+    cache; the floor of 256 keeps GEMMs wide for large N."""
     item = 8 if dtype == torch.float64 else 4
     return max(1, min(classes, max(_MIN_CHUNK, _CHUNK_BYTES // max(1, rows * item))))
 
 
 def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _is_sparse(target):
-    return _SparseTargets is not None and isinstance(target, _SparseTargets)
 
 
 def _global_scale(kind, reduction, rows, classes):
@@ -79,7 +69,8 @@ def _bce_chunk_extension(logits, targets, c0, pos_weight, reduction, per_row):
 
 def _bce_chunk_reference(logits, targets, c0, pos_weight, reduction, per_row):
     """The same in plain torch on the densified chunk target: the reference loss, then its
-    derivative d/dx of (1 - t) x - (1 + (p - 1) t) log sigmoid(x), (1 + (p - 1) t) sigmoid(x) - p t."""
+    derivative d/dx of (1 - t) x - (1 + (p - 1) t) log sigmoid(x),
+    (1 + (p - 1) t) sigmoid(x) - p t."""
     target = targets.dense_chunk(c0, logits.size(1))
     loss = reference.binary_cross_entropy_with_logits(logits, target, None, pos_weight, reduction)
     grad = logits.sigmoid_()
@@ -106,7 +97,7 @@ class _Targets:
         self.dense, self.dtype = dense, dtype
         self.sparse = self.csr = None
         if indices is not None:
-            self.sparse = _SparseTargets.from_csr(indices, offsets, classes, values)
+            self.sparse = SparseTargets.from_csr(indices, offsets, classes, values)
             vals = self.sparse.values
             self.csr = (self.sparse.indices, self.sparse.offsets,
                         None if vals is None else vals.to(dtype))
@@ -173,9 +164,9 @@ class _Grads:
 
     _UPDATE_BYTES = 1 << 20  # the weight gradient of one block of stepped rows: 1 MiB
 
-    def __init__(self, x, input, weight, bias, need, scale, cdt, update=None):
+    def __init__(self, x, weight, bias, need, scale, update=None):
         need_input, need_weight, need_bias = need
-        self.x, self.scale, self.cdt = x, scale, cdt
+        self.x, self.scale, self.cdt = x, scale, x.dtype
         n_rows, d = x.shape
         self.gi = x.new_zeros(n_rows, d) if need_input else None
         self.up_w, self.up_b = update if update is not None else (None, None)
@@ -190,7 +181,6 @@ class _Grads:
                 if need_weight else None
             self.gb = torch.empty_like(bias) if need_bias and bias is not None else None
         self.deferred = self.d_gw = self.d_gb = None
-        self.input_dtype = input.dtype
         self._scaled_ones = None
 
     def any(self):
@@ -279,14 +269,12 @@ class _Grads:
         """Steps the deferred rows with their whole gradient."""
         if self.deferred is None or self.deferred.numel() == 0:
             return
-        if self.up_w is not None:
-            self.up_w.step_index(self.deferred, self.d_gw)
-        if self.up_b is not None:
-            self.up_b.step_index(self.deferred, self.d_gb)
+        for sgd, grad in ((self.up_w, self.d_gw), (self.up_b, self.d_gb)):
+            if sgd is not None:
+                sgd.step_index(self.deferred, grad)
 
     def results(self, input, weight, bias):
-        empty = input.new_empty(0)
-        gi = self.gi.to(self.input_dtype) if self.gi is not None else empty
+        gi = self.gi.to(input.dtype) if self.gi is not None else input.new_empty(0)
         gw = self.gw if self.gw is not None else weight.new_empty(0)
         gb = self.gb if self.gb is not None else (bias if bias is not None else weight).new_empty(0)
         return gi, gw, gb
@@ -302,22 +290,20 @@ def _chunk_upstream(grad, upstream, c0, n):
     return grad.mul_(upstream)
 
 
-def _chunks(classes, chunk):
+def _chunk_logits(x, weight, bias, chunk):
+    """(c0, n, logits, w) of each chunk of classes [c0, c0 + n): its (N, n) logits by one GEMM into
+    one reused buffer, and its weight rows in the compute dtype (x's)."""
+    rows, classes = x.size(0), weight.size(0)
+    buf = x.new_empty(rows * min(chunk, classes))
     for c0 in range(0, classes, chunk):
-        yield c0, min(chunk, classes - c0)
-
-
-def _logits(buf, x, weight, bias, c0, n, cdt):
-    """One chunk's logits by one GEMM into the reused buffer; returns them and the chunk's weight
-    rows in the compute dtype."""
-    rows = x.size(0)
-    out = buf.narrow(0, 0, rows * n).view(rows, n)
-    w = weight.narrow(0, c0, n).to(cdt)
-    if bias is not None:
-        torch.addmm(bias.narrow(0, c0, n).to(cdt), x, w.t(), out=out)
-    else:
-        torch.mm(x, w.t(), out=out)
-    return out, w
+        n = min(chunk, classes - c0)
+        logits = buf.narrow(0, 0, rows * n).view(rows, n)
+        w = weight.narrow(0, c0, n).to(x.dtype)
+        if bias is not None:
+            torch.addmm(bias.narrow(0, c0, n).to(x.dtype), x, w.t(), out=logits)
+        else:
+            torch.mm(x, w.t(), out=logits)
+        yield c0, n, logits, w
 
 
 def _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction, chunk, need,
@@ -331,23 +317,15 @@ def _stream_bce(kind, input, weight, bias, targets, pos_weight, reduction, chunk
     total = shard.classes if shard is not None else classes
     cdt = _compute_dtype(input.dtype)
     x = input.to(cdt)
-    grads = _Grads(x, input, weight, bias, need, _global_scale(kind, reduction, rows, total), cdt,
-                   update)
+    grads = _Grads(x, weight, bias, need, _global_scale(kind, reduction, rows, total), update)
     compute_grad = grads.any()
     pw = pos_weight.to(cdt) if pos_weight is not None else None
     per_element = reduction == NONE and kind == BCE and upstream is None
     per_row = reduction == NONE and kind == SOFT_MARGIN and upstream is None
-    if per_element:
-        loss = x.new_empty(rows, classes)
-    elif per_row:
-        loss = x.new_zeros(rows)
-    else:
-        loss = x.new_zeros(())
-    buf = x.new_empty(rows * min(chunk, classes))
-    for c0, n in _chunks(classes, chunk):
-        logits, w = _logits(buf, x, weight, bias, c0, n, cdt)
+    loss = x.new_empty(rows, classes) if per_element else x.new_zeros((rows,) if per_row else ())
+    op_red = NONE if per_element or per_row else SUM
+    for c0, n, logits, w in _chunk_logits(x, weight, bias, chunk):
         pw_c = pw if pw is None or pw.dim() == 0 or pw.size(-1) == 1 else pw.narrow(-1, c0, n)
-        op_red = NONE if per_element or per_row else SUM
         part = _bce_chunk(logits, targets, c0, pw_c, op_red, per_row)  # logits := their gradient
         if per_element:
             loss.narrow(1, c0, n).copy_(part)
@@ -413,8 +391,7 @@ def _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream
     idx, valid = idx[:, :slots], valid[:, :slots]
     own = valid & (idx >= start) & (idx < start + classes)  # positives whose row is here
     own_idx = torch.where(own, idx - start, 0)
-    grads = _Grads(x, input, weight, bias, need, _global_scale(MARGIN, reduction, rows, total),
-                   cdt, update)
+    grads = _Grads(x, weight, bias, need, _global_scale(MARGIN, reduction, rows, total), update)
     if grads.update:  # a positive's row gets gradient at the end too: stepped then
         grads.defer(own_idx[own])
     compute_grad = grads.any()
@@ -427,9 +404,7 @@ def _stream_margin(input, weight, bias, target, reduction, chunk, need, upstream
     row_loss = x.new_zeros(rows)
     counts = x.new_zeros(rows, slots)  # active hinges of each target slot
     hit_buf = torch.empty(rows * min(chunk, classes), dtype=torch.int32, device=x.device)
-    buf = x.new_empty(rows * min(chunk, classes))
-    for c0, n in _chunks(classes, chunk):
-        logits, w = _logits(buf, x, weight, bias, c0, n, cdt)
+    for c0, n, logits, w in _chunk_logits(x, weight, bias, chunk):
         local = idx - (start + c0)
         inside = valid & (local >= 0) & (local < n)
         hits = hit_buf.narrow(0, 0, rows * n).view(rows, n).zero_()

@@ -9,22 +9,17 @@ N x C anything. Every rank gets the global loss; backward gives each rank the gr
 rows and of its own weight/bias shard. The weight may also be a DTensor sharded ``Shard(0)`` on a
 1-D mesh.
 
-How (docs/design.md, "Label sharding"): BCE and soft margin are sums over classes, so each rank
-runs the single-process fused loss on its classes (its reduction times C_r / C) and the partial
-losses are summed; the margin loss first sums the (N, K) positives' scores over the
-ranks (each positive's row lives on one rank), then each rank streams its own classes against them,
-and the positives' hinge counts are summed before their gradient is added by their owner. With
-``update=`` (the fused SGD update) each rank's pass steps its own rows, scaled for the global C.
-Communication is torch.distributed collectives (gloo, NCCL) wrapped in autograd Functions as in
-Megatron's tensor-parallel mappings. Every call starts with one small all_gather of each rank's
-argument summary, from which every rank takes the same decision: a bad argument on any rank raises
-LossArgumentError on all ranks instead of leaving the others waiting in a collective.
+How each loss is split, the collectives (Megatron-style autograd Functions) and the fused update
+on a shard: docs/design.md, "Label sharding". Every call starts with one small all_gather of each
+rank's argument summary, from which every rank takes the same decision: a bad argument on any rank
+raises LossArgumentError on all ranks instead of leaving the others waiting in a collective.
 """
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from . import _linear_stream, linear as _linear
-from ._errors import LossArgumentError
+from .functional import _fail
 from ._reduction import NONE, MEAN, code as _reduction_code
 from .metrics import linear_topk, precision_at_k
 from .sparse import SparseTargets
@@ -44,10 +39,6 @@ BCE, SOFT_MARGIN, MARGIN, TOPK = _linear.BCE, _linear.SOFT_MARGIN, _linear.MARGI
 _BATCHES = ("replicated", "data_parallel")
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8, torch.int8,
            torch.int16, torch.int32, torch.int64, torch.bool)
-
-
-def _fail(fn, msg):
-    raise LossArgumentError(f"{fn}: {msg}")
 
 
 def _dtype_code(t):
@@ -95,11 +86,15 @@ class _SumOverRanks(torch.autograd.Function):
         return grad, None
 
 
-def _gather_rows(t, rows, group):
-    """Every rank's t (rows[r] x ...) stacked in rank order; all_gather pads to the largest."""
-    most = max(rows)
+def _pad_rows(t, most):
     pad = t.new_zeros((most,) + tuple(t.shape[1:]))
     pad[:t.size(0)] = t
+    return pad
+
+
+def _gather_rows(t, rows, group):
+    """Every rank's t (rows[r] x ...) stacked in rank order; all_gather pads to the largest."""
+    pad = _pad_rows(t, max(rows))
     parts = [torch.empty_like(pad) for _ in rows]
     dist.all_gather(parts, pad, group=group)
     return torch.cat([p[:n] for p, n in zip(parts, rows)])
@@ -116,12 +111,7 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        most = max(ctx.rows)
-        parts = []
-        for g in grad.split(ctx.rows):
-            p = g.new_zeros((most,) + tuple(g.shape[1:]))
-            p[:g.size(0)] = g
-            parts.append(p)
+        parts = [_pad_rows(g, max(ctx.rows)) for g in grad.split(ctx.rows)]
         out = torch.empty_like(parts[0])
         dist.reduce_scatter(out, parts, group=ctx.group)
         return out[:ctx.rows[ctx.rank]], None, None, None
@@ -144,10 +134,9 @@ def _gather_sparse(target, rows, nnz, group):
     counts = _gather_rows(counts, rows, group)
     pick = torch.cat([torch.arange(n, device=counts.device) + i * max(nnz)
                       for i, n in enumerate(nnz)])
-    indices = _gather_rows(target.indices, [max(nnz)] * len(nnz), group)[pick]
-    values = None
-    if target.values is not None:
-        values = _gather_rows(target.values, [max(nnz)] * len(nnz), group)[pick]
+    padded = [max(nnz)] * len(nnz)
+    indices = _gather_rows(target.indices, padded, group)[pick]
+    values = None if target.values is None else _gather_rows(target.values, padded, group)[pick]
     offsets = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
     torch.cumsum(counts, 0, out=offsets[1:])
     return SparseTargets._new(indices, offsets, values, target.num_classes, False)
@@ -256,20 +245,18 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
     """Local checks (raising) and this rank's summary for the agreement."""
     if batch not in _BATCHES:
         _fail(fn, f"batch must be 'replicated' or 'data_parallel', got {batch!r}")
-    s = {"kind": kind, "reduction": red, "batch": _BATCHES.index(batch), "k": k}
+    # input and weight passed linear._check_args: (N, D) and (C_r, D) tensors.
+    s = {"kind": kind, "reduction": red, "batch": _BATCHES.index(batch), "k": k,
+         "range_given": class_range is not None, "shard_rows": weight.size(0),
+         "dtype": _dtype_code(input), "features": input.size(1), "bias": bias is not None,
+         "pos_weight": pos_weight is not None, "rows": input.size(0)}
     if class_range is not None:
         ok = (isinstance(class_range, (tuple, list)) and len(class_range) == 2
               and all(isinstance(v, int) and not isinstance(v, bool) for v in class_range)
               and 0 <= class_range[0] <= class_range[1])
         if not ok:
             _fail(fn, f"class_range must be None or (start, stop) ints, got {class_range!r}")
-        s.update(range_given=1, start=class_range[0], stop=class_range[1])
-    else:
-        s.update(range_given=0)
-    s.update(shard_rows=weight.size(0) if isinstance(weight, torch.Tensor) and weight.dim() == 2
-             else 0)
-    s.update(dtype=_dtype_code(input), features=input.size(-1), bias=bias is not None,
-             pos_weight=pos_weight is not None, rows=input.size(0))
+        s.update(start=class_range[0], stop=class_range[1])
     if kind == TOPK:
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             _fail(fn, f"k must be an int >= 0, got {k!r}")
@@ -282,14 +269,12 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
                 pos_weight.numel() not in (1, weight.size(0)):
             _fail(fn, f"pos_weight must be this rank's ({weight.size(0)},) entries or one value, "
                       f"got {getattr(pos_weight, 'shape', type(pos_weight).__name__)}")
-        if pos_weight.device != input.device:
-            _fail(fn, f"pos_weight is on {pos_weight.device} but input is on {input.device}")
+        _linear._same_device(fn, "pos_weight", pos_weight, input)
     if isinstance(target, SparseTargets):
         if target.vector or target.shape[0] != input.size(0):
             _fail(fn, f"target of shape {tuple(target.shape)} does not have input's "
                       f"{input.size(0)} rows")
-        if target.device != input.device:
-            _fail(fn, f"target is on {target.device} but input is on {input.device}")
+        _linear._same_device(fn, "target", target, input)
         s.update(target_kind=1, target_classes=target.num_classes, nnz=target.nnz,
                  target_values=target.values is not None,
                  target_dtype=_dtype_code(target.values))
@@ -299,8 +284,7 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
     if target.dim() != 2 or target.size(0) != input.size(0):
         _fail(fn, f"target must have input's {input.size(0)} rows, got shape "
                   f"{tuple(target.shape)}")
-    if target.device != input.device:
-        _fail(fn, f"target is on {target.device} but input is on {input.device}")
+    _linear._same_device(fn, "target", target, input)
     s.update(target_kind=0, target_dtype=_dtype_code(target))
     if kind == MARGIN:
         if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
@@ -341,8 +325,7 @@ def _prepare(fn, kind, input, weight, target, bias, pos_weight, reduction, class
             chunk = _linear._check_args(fn, input, weight, bias, chunk_size)
         summary = _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_range,
                              batch, k)
-        summary["dtensor_classes"] = dt_classes
-        summary["update"] = update is not None
+        summary.update(dtensor_classes=dt_classes, update=update is not None)
         if update is not None:
             sgd = _linear._sgd_state(fn, update, weight, bias, red)
         if kind == MARGIN and isinstance(target, SparseTargets):
@@ -386,52 +369,44 @@ class _ShardedMargin(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, target, reduction, chunk, plan, need):
-        loss, grads = _linear_stream._stream_margin(x, weight, bias, target, reduction, chunk, need,
-                                             shard=plan)
+        loss, grads = _linear_stream._stream_margin(x, weight, bias, target, reduction, chunk,
+                                                    need, shard=plan)
         ctx.grads = grads.results(x, weight, bias)
         ctx.need = need
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        out = tuple(g * grad if n else None for g, n in zip(ctx.grads, ctx.need))
-        return out + (None,) * 5
+        return tuple(g * grad if n else None for g, n in zip(ctx.grads, ctx.need)) + (None,) * 5
 
 
-def _sharded_loss(kind, fn, input, weight, target, bias, pos_weight, reduction, class_range,
-                  group, batch, chunk_size, update):
+def _sharded_loss(kind, input, weight, target, bias, pos_weight, reduction, class_range, group,
+                  batch, chunk_size, update):
+    fn = "sharded_" + _linear_stream._FN_NAMES[kind]
     weight, bias, pos_weight, chunk, plan, sgd = _prepare(
         fn, kind, input, weight, target, bias, pos_weight, reduction, class_range, group, batch,
         chunk_size, update=update)
     x = _region_input(input, plan, batch)
     red = _reduction_code(reduction)
+    if kind == MARGIN:
+        target = _margin_target(target, plan, batch)
+    else:
+        target = _shard_target(target, plan, batch)
     if sgd is not None:  # the fused update: the pass itself scales for the global C (plan)
-        if kind == MARGIN:
-            target_args = (_margin_target(target, plan, batch), None, None, None, None)
-        else:
-            t = _shard_target(target, plan, batch)
-            target_args = (None, t.indices, t.offsets, t.values, pos_weight) \
-                if isinstance(t, SparseTargets) else (t, None, None, None, pos_weight)
+        target_args = (target, None, None, None, None) if kind == MARGIN else \
+            (*_linear._target_tensors(target), pos_weight)
         part = _linear._sgd_loss(kind, x, weight, bias, target_args, red, chunk, update, sgd,
                                  shard=plan)
-        return _SumOverRanks.apply(part, plan.group)
-    if kind == MARGIN:
-        grad_on = torch.is_grad_enabled()
-        need = (grad_on and x.requires_grad, grad_on and weight.requires_grad,
-                grad_on and bias is not None and bias.requires_grad)
-        part = _ShardedMargin.apply(x, weight, bias, _margin_target(target, plan, batch), red,
-                                    chunk, plan, need)
-        return _SumOverRanks.apply(part, plan.group)
-    # Sums over classes: the local loss with the same reduction, times C_r / C (a row's mean and
-    # the mean over N x C are over the global C), but BCE's plain sum.
-    scale = 1.0 if kind == BCE and red != MEAN else plan.length / plan.classes
-    t = _shard_target(target, plan, batch)
-    if kind == BCE:
-        part = _linear.linear_binary_cross_entropy_with_logits(x, weight, t, bias, pos_weight,
-                                                               reduction, chunk)
+    elif kind == MARGIN:
+        part = _ShardedMargin.apply(x, weight, bias, target, red, chunk, plan,
+                                    _linear._needs(x, weight, bias, red))
     else:
-        part = _linear.linear_multilabel_soft_margin_loss(x, weight, t, bias, reduction, chunk)
-    return _SumOverRanks.apply(part * scale, plan.group)
+        # Sums over classes: the local loss with the same reduction, times C_r / C (a row's mean
+        # and the mean over N x C are over the global C), but BCE's plain sum.
+        scale = 1.0 if kind == BCE and red != MEAN else plan.length / plan.classes
+        part = _linear._fused_loss(kind, x, weight, target, bias, pos_weight, reduction, chunk,
+                                   None) * scale
+    return _SumOverRanks.apply(part, plan.group)
 
 
 # ---- public functions ----------------------------------------------------------------------------
@@ -459,9 +434,8 @@ def sharded_linear_binary_cross_entropy_with_logits(input, weight, target, bias=
     """linear_binary_cross_entropy_with_logits with the classes sharded over the ranks. target:
     (N, C) floating or a SparseTargets, global classes, this rank's rows. pos_weight: this rank's
     (C_r,) entries or one value.""" + _ARGS_DOC
-    return _sharded_loss(BCE, "sharded_linear_binary_cross_entropy_with_logits", input, weight,
-                         target, bias, pos_weight, reduction, class_range, group, batch,
-                         chunk_size, update)
+    return _sharded_loss(BCE, input, weight, target, bias, pos_weight, reduction, class_range,
+                         group, batch, chunk_size, update)
 
 
 def sharded_linear_multilabel_soft_margin_loss(input, weight, target, bias=None, reduction="mean",
@@ -469,9 +443,8 @@ def sharded_linear_multilabel_soft_margin_loss(input, weight, target, bias=None,
                                                chunk_size=None, *, update=None):
     """linear_multilabel_soft_margin_loss with the classes sharded over the ranks; each row's mean
     is over the global C. target: (N, C) or a SparseTargets, global classes.""" + _ARGS_DOC
-    return _sharded_loss(SOFT_MARGIN, "sharded_linear_multilabel_soft_margin_loss", input, weight,
-                         target, bias, None, reduction, class_range, group, batch, chunk_size,
-                         update)
+    return _sharded_loss(SOFT_MARGIN, input, weight, target, bias, None, reduction, class_range,
+                         group, batch, chunk_size, update)
 
 
 def sharded_linear_multilabel_margin_loss(input, weight, target, bias=None, reduction="mean",
@@ -480,8 +453,8 @@ def sharded_linear_multilabel_margin_loss(input, weight, target, bias=None, redu
     """linear_multilabel_margin_loss with the classes sharded over the ranks, exactly: the (N, K)
     positives' scores are summed over the ranks first. target: (N, K) global class indices
     (-1 padded) or a SparseTargets.""" + _ARGS_DOC
-    return _sharded_loss(MARGIN, "sharded_linear_multilabel_margin_loss", input, weight, target,
-                         bias, None, reduction, class_range, group, batch, chunk_size, update)
+    return _sharded_loss(MARGIN, input, weight, target, bias, None, reduction, class_range, group,
+                         batch, chunk_size, update)
 
 
 def sharded_linear_topk(input, weight, k, bias=None, class_range=None, group=None,
@@ -502,9 +475,8 @@ def sharded_linear_topk(input, weight, k, bias=None, class_range=None, group=Non
         values, indices = linear_topk(x, weight, width, bias, chunk)
         indices = indices + plan.start
         if width < k:  # pads rank after every real candidate
-            values = torch.cat((values, values.new_full((x.size(0), k - width), -float("inf"))), 1)
-            indices = torch.cat((indices, indices.new_full((x.size(0), k - width),
-                                                           plan.classes)), 1)
+            values = F.pad(values, (0, k - width), value=-float("inf"))
+            indices = F.pad(indices, (0, k - width), value=plan.classes)
         vs = [torch.empty_like(values) for _ in plan.rows]
         js = [torch.empty_like(indices) for _ in plan.rows]
         dist.all_gather(vs, values, group=plan.group)
@@ -537,17 +509,16 @@ def sharded_precision_at_k(topk_indices, targets, k, group=None, batch="replicat
 
 # ---- modules -------------------------------------------------------------------------------------
 
-class _ShardedLoss(torch.nn.Module):
+class _ShardedLoss(_linear._LinearLoss):
     def __init__(self, reduction="mean", class_range=None, group=None, batch="replicated",
                  chunk_size=None):
-        super().__init__()
-        _reduction_code(reduction)
-        self.reduction, self.class_range, self.group = reduction, class_range, group
-        self.batch, self.chunk_size = batch, chunk_size
+        super().__init__(reduction, chunk_size)
+        self.class_range, self.group, self.batch = class_range, group, batch
 
-    def _kw(self):
-        return dict(reduction=self.reduction, class_range=self.class_range, group=self.group,
-                    batch=self.batch, chunk_size=self.chunk_size)
+    def forward(self, input, weight, target, bias=None, *, update=None):
+        return _sharded_loss(self._kind, input, weight, target, bias,
+                             getattr(self, "pos_weight", None), self.reduction, self.class_range,
+                             self.group, self.batch, self.chunk_size, update)
 
     def extra_repr(self):
         return (f"reduction={self.reduction!r}, class_range={self.class_range}, "
@@ -558,27 +529,18 @@ class ShardedLinearBCEWithLogitsLoss(_ShardedLoss):
     """sharded_linear_binary_cross_entropy_with_logits as a module, called as
     ``loss_fn(input, weight_shard, target, bias_shard=None, update=None)``; pos_weight is this
     rank's entries."""
+    _kind = BCE
 
     def __init__(self, pos_weight=None, **kwargs):
         super().__init__(**kwargs)
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(self, input, weight, target, bias=None, *, update=None):
-        return sharded_linear_binary_cross_entropy_with_logits(
-            input, weight, target, bias, self.pos_weight, **self._kw(), update=update)
-
 
 class ShardedLinearMultiLabelSoftMarginLoss(_ShardedLoss):
     """sharded_linear_multilabel_soft_margin_loss as a module."""
-
-    def forward(self, input, weight, target, bias=None, *, update=None):
-        return sharded_linear_multilabel_soft_margin_loss(input, weight, target, bias,
-                                                          **self._kw(), update=update)
+    _kind = SOFT_MARGIN
 
 
 class ShardedLinearMultiLabelMarginLoss(_ShardedLoss):
     """sharded_linear_multilabel_margin_loss as a module."""
-
-    def forward(self, input, weight, target, bias=None, *, update=None):
-        return sharded_linear_multilabel_margin_loss(input, weight, target, bias, **self._kw(),
-                                                     update=update)
+    _kind = MARGIN

@@ -1,45 +1,33 @@
 """Fused linear + loss: the losses of ``F.linear(input, weight, bias)`` without the N x C logits.
 
-The classes are streamed in chunks (multilabel_cuda/_linear_stream.py). For each chunk: its logits by one GEMM into a reused N x chunk
-buffer (float32, or float64 for float64 tensors), the loss and its gradient on them (BCE and soft
-margin: the compiled ``multilabel_cuda::bce_chunk_``, which overwrites the logits with their
-gradient and reads a SparseTargets' positives straight from its CSR arrays, where the extension has
-a kernel for the device, else the reference formulas; margin: torch ops per target slot), then at
-once the chunk's gradient contributions: input's accumulated by a GEMM into an (N, D) buffer,
-weight's rows and bias's entries written in place. All of it happens in forward when gradients
-are needed; backward only scales by the upstream gradient. Memory beyond the parameters
-and their gradients is O(N * chunk + N * D), whatever C is (float16/bfloat16 add the chunk's weight
-rows in float32, chunk x D; the margin loss adds O(N * K) for K target slots a row).
+The classes are streamed in chunks (multilabel_cuda/_linear_stream.py; the scheme and its memory
+in docs/design.md, "Large label spaces"). Autograd goes through torch.library custom ops
+(``multilabel_cuda::linear_bce``, ``linear_soft_margin``, ``linear_margin``, and
+``linear_loss_backward`` for what cannot be a scale):
 
-Autograd goes through torch.library custom ops (``multilabel_cuda::linear_bce``,
-``linear_soft_margin``, ``linear_margin``, and ``linear_loss_backward`` for what cannot be a scale):
-
-* reduction 'mean' / 'sum': the forward op returns the three gradients for an upstream of 1 and
-  backward scales them (in eager, in place, handing the buffers to autograd);
+* reduction 'mean' / 'sum': the forward op makes the loss and the three gradients for an upstream
+  of 1 and backward scales them (in eager, in place, handing the buffers to autograd);
 * reduction 'none' (and a retained graph's second backward, and create_graph=True): the upstream is
   not a scalar, so ``linear_loss_backward`` streams the chunks again with it;
 * double backward is refused with an error (``linear_loss_backward`` has no derivative).
 
 The fused SGD update (``update=`` a torch.optim.SGD; the semantics are in
-``linear_binary_cross_entropy_with_logits``'s docstring): the same stream, but each block of weight
-rows (and bias entries) is stepped by SGD's rule (torch's own, ``_SGDRows``) as soon as its gradient
-exists, after the chunk's input gradient used the old rows, so no C x D gradient is ever stored.
-Two ops: ``linear_loss_sgd_`` (called under no_grad, like an optimizer's step; it mutates weight,
-bias and their momentum buffers) returns the loss and input's gradient, and
-``linear_loss_sgd_output`` puts the loss in the autograd graph: its backward checks the upstream is
-1 and hands input its gradient; weight and bias get none. Per row the step needs nothing global but
-the gradient's scale, so it works on a shard of the classifier's rows as well: with ``shard=``
-(multilabel_cuda.distributed) the pass scales for the global class count (``_global_scale``) and
-runs eagerly, outside the op.
+``linear_binary_cross_entropy_with_logits``'s docstring) is two ops: ``linear_loss_sgd_`` (called
+under no_grad, like an optimizer's step; it mutates weight, bias and their momentum buffers)
+returns the loss and input's gradient, and ``linear_loss_sgd_output`` puts the loss in the autograd
+graph: its backward checks the upstream is 1 and hands input its gradient; weight and bias get
+none. On a shard of the classifier's rows (``shard=``, multilabel_cuda.distributed) the pass runs
+eagerly, outside the op.
 """
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _ops
-from ._errors import LossArgumentError
-from ._linear_stream import (BCE, MARGIN, SOFT_MARGIN, _FN_NAMES, _SGDRows, _compute_dtype,
-                             _is_sparse, _run, default_chunk_size)
+from .functional import _check_tensor, _fail
+from ._linear_stream import (BCE, MARGIN, SOFT_MARGIN, _FN_NAMES, _SGDRows, _compute_dtype, _run,
+                             default_chunk_size)
 from ._reduction import NONE, code as _reduction_code
+from .sparse import SparseTargets
 
 __all__ = ["linear_binary_cross_entropy_with_logits", "linear_multilabel_soft_margin_loss",
            "linear_multilabel_margin_loss", "LinearBCEWithLogitsLoss",
@@ -49,44 +37,6 @@ __all__ = ["linear_binary_cross_entropy_with_logits", "linear_multilabel_soft_ma
 # ---- the ops ------------------------------------------------------------------------------------
 
 _LIB = "multilabel_cuda"
-
-
-def _forward(kind, input, weight, bias, target, indices, offsets, values, pos_weight, reduction,
-             chunk_size, need_input, need_weight, need_bias):
-    loss, grads = _run(kind, input, weight, bias, target, indices, offsets, values, pos_weight,
-                       reduction, chunk_size, (need_input, need_weight, need_bias))
-    return (loss, *grads.results(input, weight, bias))
-
-
-@torch.library.custom_op(f"{_LIB}::linear_bce", mutates_args=())
-def _linear_bce(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                target: torch.Tensor | None, indices: torch.Tensor | None,
-                offsets: torch.Tensor | None, values: torch.Tensor | None,
-                pos_weight: torch.Tensor | None, reduction: int, chunk_size: int, need_input: bool,
-                need_weight: bool, need_bias: bool
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _forward(BCE, input, weight, bias, target, indices, offsets, values, pos_weight,
-                    reduction, chunk_size, need_input, need_weight, need_bias)
-
-
-@torch.library.custom_op(f"{_LIB}::linear_soft_margin", mutates_args=())
-def _linear_soft_margin(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                        target: torch.Tensor | None, indices: torch.Tensor | None,
-                        offsets: torch.Tensor | None, values: torch.Tensor | None,
-                        reduction: int, chunk_size: int, need_input: bool, need_weight: bool,
-                        need_bias: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _forward(SOFT_MARGIN, input, weight, bias, target, indices, offsets, values, None,
-                    reduction, chunk_size, need_input, need_weight, need_bias)
-
-
-@torch.library.custom_op(f"{_LIB}::linear_margin", mutates_args=())
-def _linear_margin(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   target: torch.Tensor, reduction: int, chunk_size: int, need_input: bool,
-                   need_weight: bool, need_bias: bool
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _forward(MARGIN, input, weight, bias, target, None, None, None, None, reduction,
-                    chunk_size, need_input, need_weight, need_bias)
 
 
 @torch.library.custom_op(f"{_LIB}::linear_loss_backward", mutates_args=())
@@ -103,33 +53,28 @@ def _linear_loss_backward(upstream: torch.Tensor, input: torch.Tensor, weight: t
     return grads.results(input, weight, bias)
 
 
-@torch.library.custom_op(f"{_LIB}::linear_loss_sgd_",
-                         mutates_args=("weight", "bias", "weight_momentum", "bias_momentum"))
-def _linear_loss_sgd(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                     target: torch.Tensor | None, indices: torch.Tensor | None,
-                     offsets: torch.Tensor | None, values: torch.Tensor | None,
-                     pos_weight: torch.Tensor | None, kind: int, reduction: int, chunk_size: int,
-                     need_input: bool, weight_momentum: torch.Tensor | None,
-                     bias_momentum: torch.Tensor | None, weight_sgd: list[float],
-                     bias_sgd: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loss with the SGD step of weight and bias fused in: returns (loss, input's gradient for
-    an upstream of 1) and steps weight (bias) in place when weight_sgd (bias_sgd) is not empty
-    (_SGDRows's fields), their momentum buffers with them."""
-    return _sgd_pass(input, weight, bias, target, indices, offsets, values, pos_weight, kind,
-                     reduction, chunk_size, need_input, weight_momentum, bias_momentum, weight_sgd,
-                     bias_sgd)
-
-
 def _sgd_pass(input, weight, bias, target, indices, offsets, values, pos_weight, kind, reduction,
               chunk_size, need_input, weight_momentum, bias_momentum, weight_sgd, bias_sgd,
               shard=None):
-    """linear_loss_sgd_'s body; with `shard` (label sharding, _stream_margin), called eagerly."""
+    """The loss with the SGD step of weight and bias fused in: returns (loss, input's gradient for
+    an upstream of 1) and steps weight (bias) in place when weight_sgd (bias_sgd) is not empty
+    (_SGDRows's fields), their momentum buffers with them. The op linear_loss_sgd_; with `shard`
+    (label sharding, _stream_margin), called eagerly."""
     update = (_SGDRows(weight, weight_momentum, weight_sgd) if weight_sgd else None,
               _SGDRows(bias, bias_momentum, bias_sgd) if bias_sgd and bias is not None else None)
     loss, grads = _run(kind, input, weight, bias, target, indices, offsets, values, pos_weight,
                        reduction, chunk_size, (need_input, False, False), update=update,
                        shard=shard)
     return loss, grads.results(input, weight, bias)[0]
+
+
+_linear_loss_sgd = torch.library.custom_op(
+    f"{_LIB}::linear_loss_sgd_", _sgd_pass,
+    mutates_args=("weight", "bias", "weight_momentum", "bias_momentum"),
+    schema="(Tensor input, Tensor(a!) weight, Tensor(b!)? bias, Tensor? target, Tensor? indices, "
+           "Tensor? offsets, Tensor? values, Tensor? pos_weight, SymInt kind, SymInt reduction, "
+           "SymInt chunk_size, bool need_input, Tensor(c!)? weight_momentum, "
+           "Tensor(d!)? bias_momentum, float[] weight_sgd, float[] bias_sgd) -> (Tensor, Tensor)")
 
 
 @torch.library.custom_op(f"{_LIB}::linear_loss_sgd_output", mutates_args=())
@@ -155,26 +100,6 @@ def _fake_loss(kind, input, weight, reduction):
     return input.new_empty((input.size(0), weight.size(0)) if kind == BCE else (input.size(0),))
 
 
-@_linear_bce.register_fake
-def _(input, weight, bias, target, indices, offsets, values, pos_weight, reduction, chunk_size,
-      need_input, need_weight, need_bias):
-    return (_fake_loss(BCE, input, weight, reduction),
-            *_fake_grads(input, weight, bias, need_input, need_weight, need_bias))
-
-
-@_linear_soft_margin.register_fake
-def _(input, weight, bias, target, indices, offsets, values, reduction, chunk_size, need_input,
-      need_weight, need_bias):
-    return (_fake_loss(SOFT_MARGIN, input, weight, reduction),
-            *_fake_grads(input, weight, bias, need_input, need_weight, need_bias))
-
-
-@_linear_margin.register_fake
-def _(input, weight, bias, target, reduction, chunk_size, need_input, need_weight, need_bias):
-    return (_fake_loss(MARGIN, input, weight, reduction),
-            *_fake_grads(input, weight, bias, need_input, need_weight, need_bias))
-
-
 @_linear_loss_backward.register_fake
 def _(upstream, input, weight, bias, target, indices, offsets, values, pos_weight, kind,
       reduction, chunk_size, need_input, need_weight, need_bias):
@@ -193,12 +118,6 @@ def _(loss, grad_input, input, weight, bias):
     return torch.empty_like(loss)
 
 
-def _plain(*tensors):
-    """Real tensors seen by no tracer or mode: backward may scale the kept buffers in place."""
-    return (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
-            and all(type(t) is torch.Tensor and not t.requires_grad for t in tensors))
-
-
 def _scale_(grad, upstream):
     """grad *= upstream in place; the extension's _scale_grad_ skips loss.backward()'s exact 1
     (a whole C x D pass) without a host read on CUDA."""
@@ -210,28 +129,61 @@ def _scale_(grad, upstream):
     return grad.mul_(upstream)
 
 
-def _make_autograd(kind, n_args):
-    """setup_context and backward of a forward op. Argument order: input, weight, bias, then the
-    target tensors (and pos_weight), then reduction, chunk_size and the three need flags."""
+def _scale_kept(ctx, grad_loss):
+    """ctx.kept (the gradients made in forward) times the upstream gradient. Real tensors seen by
+    no tracer or mode are scaled in place and handed to autograd (ctx.kept becomes None); else
+    copies."""
+    kept = ctx.kept
+    plain = (not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+             and all(type(t) is torch.Tensor and not t.requires_grad for t in (grad_loss, *kept)))
+    if not plain:
+        return [g * grad_loss for g in kept]
+    ctx.kept = None
+    return [_scale_(g, grad_loss) if g.numel() else g for g in kept]
 
-    def split(inputs):
-        input, weight, bias = inputs[:3]
-        rest = inputs[3:-5]
-        reduction, chunk_size = inputs[-5], inputs[-4]
-        if kind == MARGIN:
-            target_args = (rest[0], None, None, None, None)
-        elif kind == BCE:
-            target_args = tuple(rest)  # target, indices, offsets, values, pos_weight
-        else:
-            target_args = (*rest, None)
-        return input, weight, bias, target_args, reduction, chunk_size
+
+# The three forward ops: (input, weight, bias, the loss's target arguments, reduction, chunk_size,
+# need_input, need_weight, need_bias) -> (loss, the gradients of input, weight and bias for an
+# upstream of 1, empty where not made). Their target arguments: a dense target or a SparseTargets'
+# CSR arrays (the others None), and BCE's pos_weight; in _run's order (target, indices, offsets,
+# values, pos_weight), a loss's missing ones being None.
+_FORWARD_SCHEMA = ("(Tensor input, Tensor weight, Tensor? bias, {}, SymInt reduction, "
+                   "SymInt chunk_size, bool need_input, bool need_weight, bool need_bias) "
+                   "-> (Tensor, Tensor, Tensor, Tensor)")
+_FORWARD_TARGETS = {BCE: ("linear_bce", "Tensor? target, Tensor? indices, Tensor? offsets, "
+                                        "Tensor? values, Tensor? pos_weight"),
+                    SOFT_MARGIN: ("linear_soft_margin", "Tensor? target, Tensor? indices, "
+                                                        "Tensor? offsets, Tensor? values"),
+                    MARGIN: ("linear_margin", "Tensor target")}
+
+
+def _define_forward(kind, name, targets):
+    """The forward op of `kind` with its fake and autograd: (the op, its number of target
+    arguments)."""
+    n_targets = targets.count(",") + 1
+
+    def split(args):
+        """-> input, weight, bias, the five target arguments, reduction, chunk_size, need flags."""
+        input, weight, bias, *rest = args
+        target_args = (*rest[:n_targets], *(None,) * (5 - n_targets))
+        reduction, chunk_size, *need = rest[n_targets:]
+        return input, weight, bias, target_args, reduction, chunk_size, tuple(need)
+
+    def forward(*args):
+        input, weight, bias, target_args, reduction, chunk_size, need = split(args)
+        loss, grads = _run(kind, input, weight, bias, *target_args, reduction, chunk_size, need)
+        return (loss, *grads.results(input, weight, bias))
+
+    def fake(*args):
+        input, weight, bias, _, reduction, _, need = split(args)
+        return (_fake_loss(kind, input, weight, reduction),
+                *_fake_grads(input, weight, bias, *need))
 
     def setup_context(ctx, inputs, output):
-        input, weight, bias, target_args, reduction, chunk_size = split(inputs)
+        input, weight, bias, target_args, reduction, chunk_size, computed = split(inputs)
         ctx.save_for_backward(input, weight, bias, *target_args)
         ctx.reduction, ctx.chunk_size = reduction, chunk_size
         # The gradients computed in forward, when they cover what backward may need.
-        computed = inputs[-3:]
         wanted = [isinstance(t, torch.Tensor) and t.requires_grad for t in (input, weight, bias)]
         covered = all(c or not w for c, w in zip(computed, wanted))
         ctx.kept = list(output[1:]) if reduction != NONE and covered else None
@@ -241,16 +193,11 @@ def _make_autograd(kind, n_args):
     def backward(ctx, grad_loss, *unused):
         input, weight, bias, *target_args = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
-        none = (None,) * (n_args - 3)
+        none = (None,) * (n_targets + 5)
         if grad_loss is None or not any(need):
             return (None, None, None) + none
         if ctx.kept is not None and not torch.is_grad_enabled():
-            kept, ctx.kept = ctx.kept, None
-            if _plain(grad_loss, *kept):  # give the buffers away, scaled in place
-                grads = [_scale_(g, grad_loss) if g.numel() else g for g in kept]
-            else:
-                grads = [g * grad_loss for g in kept]
-                ctx.kept = kept
+            grads = _scale_kept(ctx, grad_loss)
         else:
             # 'none', a retained graph's second backward (the kept buffers were given away), or
             # create_graph=True (then differentiating the result raises: no double backward).
@@ -259,13 +206,14 @@ def _make_autograd(kind, n_args):
                 ctx.chunk_size, *need)
         return tuple(g if n else None for g, n in zip(grads, need)) + none
 
-    return setup_context, backward
+    op = torch.library.custom_op(f"{_LIB}::{name}", forward, mutates_args=(),
+                                 schema=_FORWARD_SCHEMA.format(targets))
+    op.register_fake(fake)
+    op.register_autograd(backward, setup_context=setup_context)
+    return op, n_targets
 
 
-for _op, _kind, _n in ((_linear_bce, BCE, 13), (_linear_soft_margin, SOFT_MARGIN, 12),
-                       (_linear_margin, MARGIN, 9)):
-    _setup, _backward_fn = _make_autograd(_kind, _n)
-    _op.register_autograd(_backward_fn, setup_context=_setup)
+_FORWARD_OPS = {kind: _define_forward(kind, *spec) for kind, spec in _FORWARD_TARGETS.items()}
 
 
 def _no_double_backward(ctx, *grads):
@@ -274,15 +222,11 @@ def _no_double_backward(ctx, *grads):
                        "functions for higher-order gradients")
 
 
-def _setup_backward(ctx, inputs, output):
-    pass
-
-
-_linear_loss_backward.register_autograd(_no_double_backward, setup_context=_setup_backward)
+_linear_loss_backward.register_autograd(_no_double_backward)
 
 
 def _setup_sgd_output(ctx, inputs, output):
-    ctx.kept = inputs[1]
+    ctx.kept = [inputs[1]]
 
 
 def _sgd_output_backward(ctx, grad_loss):
@@ -292,15 +236,10 @@ def _sgd_output_backward(ctx, grad_loss):
     if torch.is_grad_enabled():
         _no_double_backward(ctx)
     torch._assert_async(grad_loss == 1, _UPSTREAM_ERROR)
-    kept = ctx.kept
-    if kept is None:
+    if ctx.kept is None:
         raise RuntimeError("multilabel_cuda: backward through a fused-update linear loss a second "
                            "time (retain_graph=True): its SGD step is made once, in forward")
-    if _plain(grad_loss, kept):
-        ctx.kept = None
-        gi = _scale_(kept, grad_loss) if kept.numel() else kept
-    else:
-        gi = kept * grad_loss
+    (gi,) = _scale_kept(ctx, grad_loss)
     return None, None, gi if ctx.needs_input_grad[2] else None, None, None
 
 
@@ -315,16 +254,14 @@ _linear_loss_sgd_output.register_autograd(_sgd_output_backward, setup_context=_s
 
 # ---- public functions ---------------------------------------------------------------------------
 
-def _fail(fn, msg):
-    raise LossArgumentError(f"{fn}: {msg}")
+def _same_device(fn, name, t, input):
+    if t.device != input.device:
+        _fail(fn, f"{name} is on {t.device} but input is on {input.device}")
 
 
 def _check_args(fn, input, weight, bias, chunk_size):
-    for name, t in (("input", input), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            _fail(fn, f"{name} must be a Tensor, got {type(t).__name__}")
-        if t.layout != torch.strided:
-            _fail(fn, f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    _check_tensor(fn, "input", input)
+    _check_tensor(fn, "weight", weight)
     if input.dim() != 2:
         _fail(fn, f"input must be (N, D), got shape {tuple(input.shape)}")
     if weight.dim() != 2:
@@ -338,8 +275,7 @@ def _check_args(fn, input, weight, bias, chunk_size):
         _fail(fn, f"input must be float32, float64, float16 or bfloat16, got {input.dtype}")
     if weight.dtype != input.dtype:
         _fail(fn, f"weight has dtype {weight.dtype} but input has dtype {input.dtype}")
-    if weight.device != input.device:
-        _fail(fn, f"weight is on {weight.device} but input is on {input.device}")
+    _same_device(fn, "weight", weight, input)
     if bias is not None:
         if not isinstance(bias, torch.Tensor):
             _fail(fn, f"bias must be a Tensor or None, got {type(bias).__name__}")
@@ -347,8 +283,7 @@ def _check_args(fn, input, weight, bias, chunk_size):
             _fail(fn, f"bias must be (C,) = ({weight.size(0)},), got shape {tuple(bias.shape)}")
         if bias.dtype != input.dtype:
             _fail(fn, f"bias has dtype {bias.dtype} but input has dtype {input.dtype}")
-        if bias.device != input.device:
-            _fail(fn, f"bias is on {bias.device} but input is on {input.device}")
+        _same_device(fn, "bias", bias, input)
     if chunk_size is None:
         return default_chunk_size(input.size(0), weight.size(0), input.dtype)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
@@ -362,30 +297,66 @@ def _check_no_grad(fn, name, t):
                   f"{name}")
 
 
-def _sparse_parts(fn, target, input, weight):
-    """(indices, offsets, values) of a SparseTargets, checked against input and weight."""
+def _target_tensors(target):
+    """(target, None, None, None) of a dense target, (None, indices, offsets, values) of a
+    SparseTargets: the forward ops' target arguments."""
+    if isinstance(target, SparseTargets):
+        return None, target.indices, target.offsets, target.values
+    return target, None, None, None
+
+
+def _target_parts(fn, target, input, weight, integer_ok):
+    """_target_tensors of an (N, C) target or SparseTargets, checked against input and weight."""
     shape = (input.size(0), weight.size(0))
-    if tuple(target.shape) != shape or getattr(target, "vector", False):
-        _fail(fn, f"target of shape {tuple(target.shape)} does not match (N, C) = {shape}")
-    if target.device != input.device:
-        _fail(fn, f"target is on {target.device} but input is on {input.device}")
-    return target.indices, target.offsets, target.values
-
-
-def _dense_target(fn, target, input, weight, integer_ok):
+    if isinstance(target, SparseTargets):
+        if tuple(target.shape) != shape or target.vector:
+            _fail(fn, f"target of shape {tuple(target.shape)} does not match (N, C) = {shape}")
+        _same_device(fn, "target", target, input)
+        return _target_tensors(target)
     if not isinstance(target, torch.Tensor):
         _fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
-    shape = (input.size(0), weight.size(0))
     if tuple(target.shape) != shape:
         _fail(fn, f"target of shape {tuple(target.shape)} does not match (N, C) = {shape} "
                   "(input's rows, weight's rows)")
-    if target.device != input.device:
-        _fail(fn, f"target is on {target.device} but input is on {input.device}")
+    _same_device(fn, "target", target, input)
     if not (target.is_floating_point() or (integer_ok and not target.is_complex()
                                            and target.dtype != torch.bool)):
         _fail(fn, f"target must be a floating-point tensor, got {target.dtype}")
     _check_no_grad(fn, "target", target)
+    return _target_tensors(target)
+
+
+def _margin_target(fn, target, input, weight):
+    """The margin loss's (N, K) class indices (a SparseTargets padded), checked."""
+    if isinstance(target, SparseTargets):
+        _target_parts(fn, target, input, weight, False)
+        return target.to_padded()
+    if not isinstance(target, torch.Tensor):
+        _fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
+    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+        _fail(fn, f"target must be an integer tensor of class indices, got {target.dtype}")
+    _same_device(fn, "target", target, input)
+    if not (target.dim() == 2 and target.size(0) == input.size(0)
+            and target.size(1) <= weight.size(0)):
+        _fail(fn, f"target of shape {tuple(target.shape)} does not fit (N, K) with N = "
+                  f"{input.size(0)} and K <= C = {weight.size(0)}")
     return target
+
+
+def _check_pos_weight(fn, pos_weight, input, weight):
+    if pos_weight is None:
+        return None
+    if not isinstance(pos_weight, torch.Tensor):
+        _fail(fn, f"pos_weight must be a Tensor or None, got {type(pos_weight).__name__}")
+    _same_device(fn, "pos_weight", pos_weight, input)
+    shape = (input.size(0), weight.size(0))
+    ok = pos_weight.dim() <= 2 and all(a == 1 or a == b for a, b in
+                                       zip(reversed(pos_weight.shape), reversed(shape)))
+    if not ok:
+        _fail(fn, f"pos_weight of shape {tuple(pos_weight.shape)} is not broadcastable to "
+                  f"(N, C) = {shape}")
+    _check_no_grad(fn, "pos_weight", pos_weight)
+    return pos_weight
 
 
 def _needs(input, weight, bias, reduction):
@@ -429,18 +400,23 @@ def _sgd_state(fn, update, weight, bias, reduction):
     return out if out[0][1] or out[1][1] else None
 
 
-def _loss(fn, kind, input, weight, bias, target_args, reduction, chunk, update):
-    """The public functions' call: the forward op of `kind` or, with an update optimizer stepping
-    weight or bias, the fused update. target_args: (target, indices, offsets, values,
-    pos_weight), None where the loss has no such argument."""
-    state = _sgd_state(fn, update, weight, bias, reduction) if update is not None else None
+def _fused_loss(kind, input, weight, target, bias, pos_weight, reduction, chunk_size, update):
+    """The public functions' body: the checks, then the forward op of `kind` or, with an update
+    optimizer stepping weight or bias, the fused update."""
+    fn = _FN_NAMES[kind]
+    red = _reduction_code(reduction)
+    chunk = _check_args(fn, input, weight, bias, chunk_size)
+    if kind == MARGIN:
+        target_args = (_margin_target(fn, target, input, weight), None, None, None, None)
+    else:
+        target_args = (*_target_parts(fn, target, input, weight, kind == SOFT_MARGIN),
+                       _check_pos_weight(fn, pos_weight, input, weight))
+    state = _sgd_state(fn, update, weight, bias, red) if update is not None else None
     if state is None:
-        op, n_target = {BCE: (torch.ops.multilabel_cuda.linear_bce, 5),
-                        SOFT_MARGIN: (torch.ops.multilabel_cuda.linear_soft_margin, 4),
-                        MARGIN: (torch.ops.multilabel_cuda.linear_margin, 1)}[kind]
-        return op(input, weight, bias, *target_args[:n_target], reduction, chunk,
-                  *_needs(input, weight, bias, reduction))[0]
-    return _sgd_loss(kind, input, weight, bias, target_args, reduction, chunk, update, state)
+        op, n_targets = _FORWARD_OPS[kind]
+        return op(input, weight, bias, *target_args[:n_targets], red, chunk,
+                  *_needs(input, weight, bias, red))[0]
+    return _sgd_loss(kind, input, weight, bias, target_args, red, chunk, update, state)
 
 
 def _sgd_loss(kind, input, weight, bias, target_args, reduction, chunk, update, state, shard=None):
@@ -489,28 +465,7 @@ def linear_binary_cross_entropy_with_logits(input, weight, target, bias=None, po
     * weight and bias must be leaves that reach the loss only through this call, with ``.grad``
       None (else ``update.step()`` would step them again); an op that saved them for its backward
       (shared weights) raises autograd's error about a tensor modified in place."""
-    fn = _FN_NAMES[BCE]
-    red = _reduction_code(reduction)
-    chunk = _check_args(fn, input, weight, bias, chunk_size)
-    if _is_sparse(target):
-        dense, (indices, offsets, values) = None, _sparse_parts(fn, target, input, weight)
-    else:
-        dense, indices, offsets, values = _dense_target(fn, target, input, weight, False), \
-            None, None, None
-    if pos_weight is not None:
-        if not isinstance(pos_weight, torch.Tensor):
-            _fail(fn, f"pos_weight must be a Tensor or None, got {type(pos_weight).__name__}")
-        if pos_weight.device != input.device:
-            _fail(fn, f"pos_weight is on {pos_weight.device} but input is on {input.device}")
-        shape = (input.size(0), weight.size(0))
-        ok = pos_weight.dim() <= 2 and all(a == 1 or a == b for a, b in
-                                           zip(reversed(pos_weight.shape), reversed(shape)))
-        if not ok:
-            _fail(fn, f"pos_weight of shape {tuple(pos_weight.shape)} is not broadcastable to "
-                      f"(N, C) = {shape}")
-        _check_no_grad(fn, "pos_weight", pos_weight)
-    return _loss(fn, BCE, input, weight, bias, (dense, indices, offsets, values, pos_weight), red,
-                 chunk, update)
+    return _fused_loss(BCE, input, weight, target, bias, pos_weight, reduction, chunk_size, update)
 
 
 def linear_multilabel_soft_margin_loss(input, weight, target, bias=None, reduction="mean",
@@ -518,16 +473,8 @@ def linear_multilabel_soft_margin_loss(input, weight, target, bias=None, reducti
     """multilabel_soft_margin_loss(F.linear(input, weight, bias), target, reduction=...) without
     the N x C logits; arguments (update= included) as linear_binary_cross_entropy_with_logits
     (target (N, C) floating or integer 0/1, or a SparseTargets)."""
-    fn = _FN_NAMES[SOFT_MARGIN]
-    red = _reduction_code(reduction)
-    chunk = _check_args(fn, input, weight, bias, chunk_size)
-    if _is_sparse(target):
-        dense, (indices, offsets, values) = None, _sparse_parts(fn, target, input, weight)
-    else:
-        dense, indices, offsets, values = _dense_target(fn, target, input, weight, True), \
-            None, None, None
-    return _loss(fn, SOFT_MARGIN, input, weight, bias, (dense, indices, offsets, values, None),
-                 red, chunk, update)
+    return _fused_loss(SOFT_MARGIN, input, weight, target, bias, None, reduction, chunk_size,
+                       update)
 
 
 def linear_multilabel_margin_loss(input, weight, target, bias=None, reduction="mean",
@@ -539,34 +486,23 @@ def linear_multilabel_margin_loss(input, weight, target, bias=None, reduction="m
     linear_binary_cross_entropy_with_logits; the rows of the batch's positive classes get gradient
     at the end too, so their step waits for it (their gradient kept meanwhile: O(N * K * D); one
     host read of those classes, as the target check makes)."""
-    fn = _FN_NAMES[MARGIN]
-    red = _reduction_code(reduction)
-    chunk = _check_args(fn, input, weight, bias, chunk_size)
-    if _is_sparse(target):
-        _sparse_parts(fn, target, input, weight)
-        target = target.to_padded()
-    else:
-        if not isinstance(target, torch.Tensor):
-            _fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
-        if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-            _fail(fn, f"target must be an integer tensor of class indices, got {target.dtype}")
-        if target.device != input.device:
-            _fail(fn, f"target is on {target.device} but input is on {input.device}")
-        if not (target.dim() == 2 and target.size(0) == input.size(0)
-                and target.size(1) <= weight.size(0)):
-            _fail(fn, f"target of shape {tuple(target.shape)} does not fit (N, K) with N = "
-                      f"{input.size(0)} and K <= C = {weight.size(0)}")
-    return _loss(fn, MARGIN, input, weight, bias, (target, None, None, None, None), red, chunk,
-                 update)
+    return _fused_loss(MARGIN, input, weight, target, bias, None, reduction, chunk_size, update)
 
 
 # ---- modules ------------------------------------------------------------------------------------
 
 class _LinearLoss(torch.nn.Module):
+    """The fused linear loss `_kind` as a module (pos_weight, BCE's only, is a buffer)."""
+
     def __init__(self, reduction="mean", chunk_size=None):
         super().__init__()
         _reduction_code(reduction)
         self.reduction, self.chunk_size = reduction, chunk_size
+
+    def forward(self, input, weight, target, bias=None, *, update=None):
+        return _fused_loss(self._kind, input, weight, target, bias,
+                           getattr(self, "pos_weight", None), self.reduction, self.chunk_size,
+                           update)
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}, chunk_size={self.chunk_size}"
@@ -577,30 +513,20 @@ class LinearBCEWithLogitsLoss(_LinearLoss):
     ``loss_fn(input, weight, target, bias=None)`` with an existing nn.Linear's parameters;
     ``update=opt`` (a torch.optim.SGD) fuses its step for weight and bias in (see
     linear_binary_cross_entropy_with_logits)."""
+    _kind = BCE
 
     def __init__(self, pos_weight=None, reduction="mean", chunk_size=None):
         super().__init__(reduction, chunk_size)
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(self, input, weight, target, bias=None, *, update=None):
-        return linear_binary_cross_entropy_with_logits(input, weight, target, bias,
-                                                       self.pos_weight, self.reduction,
-                                                       self.chunk_size, update=update)
-
 
 class LinearMultiLabelSoftMarginLoss(_LinearLoss):
     """MultiLabelSoftMarginLoss of ``F.linear(input, weight, bias)``, called as
     ``loss_fn(input, weight, target, bias=None)``."""
-
-    def forward(self, input, weight, target, bias=None, *, update=None):
-        return linear_multilabel_soft_margin_loss(input, weight, target, bias, self.reduction,
-                                                  self.chunk_size, update=update)
+    _kind = SOFT_MARGIN
 
 
 class LinearMultiLabelMarginLoss(_LinearLoss):
     """MultiLabelMarginLoss of ``F.linear(input, weight, bias)``, called as
     ``loss_fn(input, weight, target, bias=None)``."""
-
-    def forward(self, input, weight, target, bias=None, *, update=None):
-        return linear_multilabel_margin_loss(input, weight, target, bias, self.reduction,
-                                             self.chunk_size, update=update)
+    _kind = MARGIN
