@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import _linear_stream, linear as _linear
-from .functional import _fail
+from ._errors import check_same_device, fail
 from ._reduction import NONE, MEAN, code as _reduction_code
 from .metrics import linear_topk, precision_at_k
 from .sparse import SparseTargets
@@ -181,46 +181,46 @@ def _agree(fn, summary, error, group, device):
     if bad:
         if error is not None:
             raise error
-        _fail(fn, f"rank(s) {bad} rejected their arguments (their error says why)")
+        fail(fn, f"rank(s) {bad} rejected their arguments (their error says why)")
     for f in _SAME:
         if len(set(col[f])) > 1:
             vals = col[f]
             if f in ("dtype", "target_dtype"):
                 vals = [str(_DTYPES[v]) if v >= 0 else "?" for v in vals]
-            _fail(fn, f"the ranks disagree on {f.replace('_', ' ')}: {vals} (rank by rank)")
+            fail(fn, f"the ranks disagree on {f.replace('_', ' ')}: {vals} (rank by rank)")
     counts = col["shard_rows"]
     if col["range_given"][0]:
         ranges = list(zip(col["start"], col["stop"]))
         for r, ((a, b), n) in enumerate(zip(ranges, counts)):
             if b - a != n:
-                _fail(fn, f"rank {r}'s class_range [{a}, {b}) holds {b - a} classes but its weight "
+                fail(fn, f"rank {r}'s class_range [{a}, {b}) holds {b - a} classes but its weight "
                           f"shard has {n} rows")
     else:
         ends = torch.tensor(counts).cumsum(0).tolist()
         ranges = [(e - n, e) for e, n in zip(ends, counts)]
     if min(counts) < 1:
-        _fail(fn, f"every rank needs at least one class; shard sizes {counts}")
+        fail(fn, f"every rank needs at least one class; shard sizes {counts}")
     tiles = sorted(ranges)
     classes = tiles[-1][1]
     if tiles[0][0] != 0 or any(p[1] != q[0] for p, q in zip(tiles, tiles[1:])):
-        _fail(fn, f"the ranks' class ranges {ranges} do not tile [0, C) (contiguous, no gap, no "
+        fail(fn, f"the ranks' class ranges {ranges} do not tile [0, C) (contiguous, no gap, no "
                   "overlap)")
     for what in ("target_classes", "dtensor_classes"):
         for r, c in enumerate(col[what]):
             if c >= 0 and c != classes:
                 name = "targets have" if what == "target_classes" else "DTensor weight has"
-                _fail(fn, f"rank {r}'s {name} {c} classes but the {world} ranks' shards tile "
+                fail(fn, f"rank {r}'s {name} {c} classes but the {world} ranks' shards tile "
                           f"[0, {classes}) (a world size or shard split that does not match?)")
     lo, hi = min(col["target_min"]), max(col["target_max"])
     if col["kind"][0] == MARGIN and (lo < -1 or hi >= classes):
         r = col["target_min"].index(lo) if lo < -1 else col["target_max"].index(hi)
-        _fail(fn, f"rank {r}'s target holds class index {lo if lo < -1 else hi}, outside "
+        fail(fn, f"rank {r}'s target holds class index {lo if lo < -1 else hi}, outside "
                   f"[-1, {classes})")
     if col["k"][0] > classes:
-        _fail(fn, f"k = {col['k'][0]} exceeds the number of classes C = {classes}")
+        fail(fn, f"k = {col['k'][0]} exceeds the number of classes C = {classes}")
     rows = col["rows"]
     if col["batch"][0] == 0 and len(set(rows)) > 1:
-        _fail(fn, f"batch='replicated' needs the same input rows on every rank, got {rows}")
+        fail(fn, f"batch='replicated' needs the same input rows on every rank, got {rows}")
     rank = dist.get_rank(group)
     return _Plan(group, rank, ranges, rows, classes, max(col["slots"]), col["nnz"])
 
@@ -233,18 +233,18 @@ def _local(fn, name, t, group):
     if DTensor is None or not isinstance(t, DTensor):
         return t, group, -1
     if t.device_mesh.ndim != 1 or tuple(t.placements) != (Shard(0),):
-        _fail(fn, f"{name} as a DTensor must be sharded (Shard(0),) on a 1-D mesh, got placements "
+        fail(fn, f"{name} as a DTensor must be sharded (Shard(0),) on a 1-D mesh, got placements "
                   f"{tuple(t.placements)} on a {t.device_mesh.ndim}-D mesh")
     mesh_group = t.device_mesh.get_group()
     if group is not None and group != mesh_group:
-        _fail(fn, f"{name}'s device mesh is not over `group`")
+        fail(fn, f"{name}'s device mesh is not over `group`")
     return t.to_local(), mesh_group, t.shape[0]
 
 
 def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_range, batch, k):
     """Local checks (raising) and this rank's summary for the agreement."""
     if batch not in _BATCHES:
-        _fail(fn, f"batch must be 'replicated' or 'data_parallel', got {batch!r}")
+        fail(fn, f"batch must be 'replicated' or 'data_parallel', got {batch!r}")
     # input and weight passed linear._check_args: (N, D) and (C_r, D) tensors.
     s = {"kind": kind, "reduction": red, "batch": _BATCHES.index(batch), "k": k,
          "range_given": class_range is not None, "shard_rows": weight.size(0),
@@ -255,40 +255,40 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
               and all(isinstance(v, int) and not isinstance(v, bool) for v in class_range)
               and 0 <= class_range[0] <= class_range[1])
         if not ok:
-            _fail(fn, f"class_range must be None or (start, stop) ints, got {class_range!r}")
+            fail(fn, f"class_range must be None or (start, stop) ints, got {class_range!r}")
         s.update(start=class_range[0], stop=class_range[1])
     if kind == TOPK:
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            _fail(fn, f"k must be an int >= 0, got {k!r}")
+            fail(fn, f"k must be an int >= 0, got {k!r}")
         return s
     s.update(input_grad=torch.is_grad_enabled() and input.requires_grad)
     if red == NONE:
-        _fail(fn, "reduction 'none' is not supported by the sharded losses ('mean' or 'sum')")
+        fail(fn, "reduction 'none' is not supported by the sharded losses ('mean' or 'sum')")
     if pos_weight is not None:
         if not isinstance(pos_weight, torch.Tensor) or pos_weight.dim() > 1 or \
                 pos_weight.numel() not in (1, weight.size(0)):
-            _fail(fn, f"pos_weight must be this rank's ({weight.size(0)},) entries or one value, "
+            fail(fn, f"pos_weight must be this rank's ({weight.size(0)},) entries or one value, "
                       f"got {getattr(pos_weight, 'shape', type(pos_weight).__name__)}")
-        _linear._same_device(fn, "pos_weight", pos_weight, input)
+        check_same_device(fn, "pos_weight", pos_weight, "input", input)
     if isinstance(target, SparseTargets):
         if target.vector or target.shape[0] != input.size(0):
-            _fail(fn, f"target of shape {tuple(target.shape)} does not have input's "
+            fail(fn, f"target of shape {tuple(target.shape)} does not have input's "
                       f"{input.size(0)} rows")
-        _linear._same_device(fn, "target", target, input)
+        check_same_device(fn, "target", target, "input", input)
         s.update(target_kind=1, target_classes=target.num_classes, nnz=target.nnz,
                  target_values=target.values is not None,
                  target_dtype=_dtype_code(target.values))
         return s
     if not isinstance(target, torch.Tensor):
-        _fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
+        fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
     if target.dim() != 2 or target.size(0) != input.size(0):
-        _fail(fn, f"target must have input's {input.size(0)} rows, got shape "
+        fail(fn, f"target must have input's {input.size(0)} rows, got shape "
                   f"{tuple(target.shape)}")
-    _linear._same_device(fn, "target", target, input)
+    check_same_device(fn, "target", target, "input", input)
     s.update(target_kind=0, target_dtype=_dtype_code(target))
     if kind == MARGIN:
         if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-            _fail(fn, f"target must be an integer tensor of class indices, got {target.dtype}")
+            fail(fn, f"target must be an integer tensor of class indices, got {target.dtype}")
         if target.numel():
             lo, hi = torch.aminmax(target)
             s.update(target_min=int(lo), target_max=int(hi))
@@ -296,7 +296,7 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
     else:
         if not (target.is_floating_point() or (kind == SOFT_MARGIN and target.dtype != torch.bool
                                                and not target.is_complex())):
-            _fail(fn, f"target must be a floating-point tensor, got {target.dtype}")
+            fail(fn, f"target must be a floating-point tensor, got {target.dtype}")
         s.update(target_classes=target.size(1))
     return s
 
@@ -312,7 +312,7 @@ def _prepare(fn, kind, input, weight, target, bias, pos_weight, reduction, class
         weight, group, dt_classes = _local(fn, "weight", weight, group)
         bias, _, _ = _local(fn, "bias", bias, group)
         if update is not None and dtensor:
-            _fail(fn, "update= with a DTensor weight or bias is not supported: the optimizer "
+            fail(fn, "update= with a DTensor weight or bias is not supported: the optimizer "
                       "holds the DTensor, not the local shard that would be stepped; pass this "
                       "rank's rows as a plain tensor parameter instead")
         pos_weight, _, _ = _local(fn, "pos_weight", pos_weight, group)
@@ -498,7 +498,7 @@ def sharded_precision_at_k(topk_indices, targets, k, group=None, batch="replicat
     if batch == "replicated":
         return p
     if batch != "data_parallel":
-        _fail("sharded_precision_at_k", f"batch must be 'replicated' or 'data_parallel', got "
+        fail("sharded_precision_at_k", f"batch must be 'replicated' or 'data_parallel', got "
                                         f"{batch!r}")
     rows = topk_indices.size(0) if topk_indices.dim() == 2 else 1
     acc = torch.tensor([float(p) * rows if rows else 0.0, rows], dtype=torch.float64,

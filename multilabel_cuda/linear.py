@@ -23,7 +23,7 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _ops
-from .functional import _check_tensor, _fail
+from ._errors import check_same_device, check_tensor, fail
 from ._linear_stream import (BCE, MARGIN, SOFT_MARGIN, _FN_NAMES, _SGDRows, _compute_dtype, _run,
                              default_chunk_size)
 from ._reduction import NONE, code as _reduction_code
@@ -254,46 +254,41 @@ _linear_loss_sgd_output.register_autograd(_sgd_output_backward, setup_context=_s
 
 # ---- public functions ---------------------------------------------------------------------------
 
-def _same_device(fn, name, t, input):
-    if t.device != input.device:
-        _fail(fn, f"{name} is on {t.device} but input is on {input.device}")
-
-
 def _check_args(fn, input, weight, bias, chunk_size):
-    _check_tensor(fn, "input", input)
-    _check_tensor(fn, "weight", weight)
+    check_tensor(fn, "input", input)
+    check_tensor(fn, "weight", weight)
     if input.dim() != 2:
-        _fail(fn, f"input must be (N, D), got shape {tuple(input.shape)}")
+        fail(fn, f"input must be (N, D), got shape {tuple(input.shape)}")
     if weight.dim() != 2:
-        _fail(fn, f"weight must be (C, D), got shape {tuple(weight.shape)}")
+        fail(fn, f"weight must be (C, D), got shape {tuple(weight.shape)}")
     if weight.size(1) != input.size(1):
-        _fail(fn, f"weight has {weight.size(1)} features (shape {tuple(weight.shape)}) but input "
+        fail(fn, f"weight has {weight.size(1)} features (shape {tuple(weight.shape)}) but input "
                   f"has {input.size(1)} (shape {tuple(input.shape)})")
     if weight.size(0) == 0:
-        _fail(fn, "weight must have at least one class (row)")
+        fail(fn, "weight must have at least one class (row)")
     if input.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        _fail(fn, f"input must be float32, float64, float16 or bfloat16, got {input.dtype}")
+        fail(fn, f"input must be float32, float64, float16 or bfloat16, got {input.dtype}")
     if weight.dtype != input.dtype:
-        _fail(fn, f"weight has dtype {weight.dtype} but input has dtype {input.dtype}")
-    _same_device(fn, "weight", weight, input)
+        fail(fn, f"weight has dtype {weight.dtype} but input has dtype {input.dtype}")
+    check_same_device(fn, "weight", weight, "input", input)
     if bias is not None:
         if not isinstance(bias, torch.Tensor):
-            _fail(fn, f"bias must be a Tensor or None, got {type(bias).__name__}")
+            fail(fn, f"bias must be a Tensor or None, got {type(bias).__name__}")
         if bias.shape != (weight.size(0),):
-            _fail(fn, f"bias must be (C,) = ({weight.size(0)},), got shape {tuple(bias.shape)}")
+            fail(fn, f"bias must be (C,) = ({weight.size(0)},), got shape {tuple(bias.shape)}")
         if bias.dtype != input.dtype:
-            _fail(fn, f"bias has dtype {bias.dtype} but input has dtype {input.dtype}")
-        _same_device(fn, "bias", bias, input)
+            fail(fn, f"bias has dtype {bias.dtype} but input has dtype {input.dtype}")
+        check_same_device(fn, "bias", bias, "input", input)
     if chunk_size is None:
         return default_chunk_size(input.size(0), weight.size(0), input.dtype)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        _fail(fn, f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        fail(fn, f"chunk_size must be a positive int or None, got {chunk_size!r}")
     return chunk_size
 
 
 def _check_no_grad(fn, name, t):
     if t is not None and torch.is_grad_enabled() and t.requires_grad:
-        _fail(fn, f"{name} requires grad, but the fused linear losses give no gradient w.r.t. "
+        fail(fn, f"{name} requires grad, but the fused linear losses give no gradient w.r.t. "
                   f"{name}")
 
 
@@ -310,18 +305,18 @@ def _target_parts(fn, target, input, weight, integer_ok):
     shape = (input.size(0), weight.size(0))
     if isinstance(target, SparseTargets):
         if tuple(target.shape) != shape or target.vector:
-            _fail(fn, f"target of shape {tuple(target.shape)} does not match (N, C) = {shape}")
-        _same_device(fn, "target", target, input)
+            fail(fn, f"target of shape {tuple(target.shape)} does not match (N, C) = {shape}")
+        check_same_device(fn, "target", target, "input", input)
         return _target_tensors(target)
     if not isinstance(target, torch.Tensor):
-        _fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
+        fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
     if tuple(target.shape) != shape:
-        _fail(fn, f"target of shape {tuple(target.shape)} does not match (N, C) = {shape} "
+        fail(fn, f"target of shape {tuple(target.shape)} does not match (N, C) = {shape} "
                   "(input's rows, weight's rows)")
-    _same_device(fn, "target", target, input)
+    check_same_device(fn, "target", target, "input", input)
     if not (target.is_floating_point() or (integer_ok and not target.is_complex()
                                            and target.dtype != torch.bool)):
-        _fail(fn, f"target must be a floating-point tensor, got {target.dtype}")
+        fail(fn, f"target must be a floating-point tensor, got {target.dtype}")
     _check_no_grad(fn, "target", target)
     return _target_tensors(target)
 
@@ -332,13 +327,13 @@ def _margin_target(fn, target, input, weight):
         _target_parts(fn, target, input, weight, False)
         return target.to_padded()
     if not isinstance(target, torch.Tensor):
-        _fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
+        fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
     if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-        _fail(fn, f"target must be an integer tensor of class indices, got {target.dtype}")
-    _same_device(fn, "target", target, input)
+        fail(fn, f"target must be an integer tensor of class indices, got {target.dtype}")
+    check_same_device(fn, "target", target, "input", input)
     if not (target.dim() == 2 and target.size(0) == input.size(0)
             and target.size(1) <= weight.size(0)):
-        _fail(fn, f"target of shape {tuple(target.shape)} does not fit (N, K) with N = "
+        fail(fn, f"target of shape {tuple(target.shape)} does not fit (N, K) with N = "
                   f"{input.size(0)} and K <= C = {weight.size(0)}")
     return target
 
@@ -347,13 +342,13 @@ def _check_pos_weight(fn, pos_weight, input, weight):
     if pos_weight is None:
         return None
     if not isinstance(pos_weight, torch.Tensor):
-        _fail(fn, f"pos_weight must be a Tensor or None, got {type(pos_weight).__name__}")
-    _same_device(fn, "pos_weight", pos_weight, input)
+        fail(fn, f"pos_weight must be a Tensor or None, got {type(pos_weight).__name__}")
+    check_same_device(fn, "pos_weight", pos_weight, "input", input)
     shape = (input.size(0), weight.size(0))
     ok = pos_weight.dim() <= 2 and all(a == 1 or a == b for a, b in
                                        zip(reversed(pos_weight.shape), reversed(shape)))
     if not ok:
-        _fail(fn, f"pos_weight of shape {tuple(pos_weight.shape)} is not broadcastable to "
+        fail(fn, f"pos_weight of shape {tuple(pos_weight.shape)} is not broadcastable to "
                   f"(N, C) = {shape}")
     _check_no_grad(fn, "pos_weight", pos_weight)
     return pos_weight
@@ -370,9 +365,9 @@ def _sgd_state(fn, update, weight, bias, reduction):
     """For each of weight and bias: (its momentum buffer or None, its _SGDRows fields, or [] when it
     is not stepped: None, not requiring grad, or grad disabled). None when nothing is stepped."""
     if not isinstance(update, torch.optim.SGD):
-        _fail(fn, f"update must be a torch.optim.SGD (or None), got {type(update).__name__}")
+        fail(fn, f"update must be a torch.optim.SGD (or None), got {type(update).__name__}")
     if reduction == NONE:
-        _fail(fn, "reduction 'none' cannot be used with update=: the fused SGD step needs the "
+        fail(fn, "reduction 'none' cannot be used with update=: the fused SGD step needs the "
                   "gradient of the reduced loss")
     groups = {p: g for g in update.param_groups for p in g["params"]}
     out = []
@@ -381,16 +376,16 @@ def _sgd_state(fn, update, weight, bias, reduction):
             out.append((None, []))
             continue
         if p.grad_fn is not None:
-            _fail(fn, f"{name} must be a leaf tensor (a parameter) to be stepped in place, but it "
+            fail(fn, f"{name} must be a leaf tensor (a parameter) to be stepped in place, but it "
                       "is computed from other tensors")
         group = groups.get(p)
         if group is None:
-            _fail(fn, f"{name} is not a parameter of the update optimizer")
+            fail(fn, f"{name} is not a parameter of the update optimizer")
         if p.grad is not None:
-            _fail(fn, f"{name}.grad is set: update.step() would step {name} a second time; call "
+            fail(fn, f"{name}.grad is set: update.step() would step {name} a second time; call "
                       "update.zero_grad() (set_to_none=True) before the fused-update loss")
         if group.get("differentiable"):
-            _fail(fn, "update with differentiable=True is not supported")
+            fail(fn, "update with differentiable=True is not supported")
         buf = update.state[p].get("momentum_buffer") if group["momentum"] != 0 else None
         first = group["momentum"] != 0 and buf is None
         if first:  # SGD's first step makes the buffer (a clone of the gradient)
