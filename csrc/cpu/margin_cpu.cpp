@@ -116,12 +116,7 @@ void bucket_row_avx2(const float* x, int64_t C, const float* t, int64_t Q, const
       D[e] += dl[k];  // entry 0 collects garbage (NaN columns), never read
     }
   }
-  for (int k = 1; k < math::kMarginBucketCopies; ++k) {
-    for (int64_t b = 1; b <= Q; ++b) {
-      cnt[b] += cnt[k * stride + b];
-      D[b] += D[k * stride + b];
-    }
-  }
+  math::margin_merge_bucket_copies(cnt, D, Q);
 }
 #endif
 
@@ -143,8 +138,8 @@ struct Scratch {
   std::vector<std::pair<int64_t, int64_t>> by_col;  // (target column, hinge count) per occurrence
 
   // Room for a row of n target occurrences, grown on demand: a native (N, C) target leaves room for
-  // C per row but rows usually hold a few, and zero-filling everything for C (~150 bytes a column,
-  // per thread, per call) cost ~1300 page faults a call at 1024x32768 (1889 -> 576, the gradient's).
+  // C per row but rows usually hold a few, and sizing everything for C page-faults on every call
+  // (docs/performance.md, "margin counting path").
   void fit(int64_t n, bool counting) {
     if (static_cast<int64_t>(thr.size()) < n) {
       thr.resize(n);
@@ -167,8 +162,8 @@ struct Scratch {
 // grad[idx[k]] = -(sum of cnt over all occurrences of idx[k]) * scale, rounded to T once: a target
 // listed several times (native counts each) must not round a half/bf16 gradient per occurrence.
 // A bit per column tells whether any target repeats; only then are the n occurrences sorted by
-// column to sum the repeats (a per-column count table was 8 bytes a column per thread: 8 MB at
-// C = 1e6; sorting always cost 25% of the counting path at 256 positives).
+// column to sum the repeats (cheaper than a per-column count table per thread or always sorting:
+// docs/performance.md, "margin counting path").
 template <class T>
 void write_target_grads(Scratch<T>& s, T* grad, const int64_t* idx, const int64_t* cnt, int64_t n,
                         double scale) {
@@ -389,7 +384,7 @@ std::tuple<at::Tensor, at::Tensor> multilabel_margin_cpu(const at::Tensor& input
   MarginPlan plan = make_margin_plan(input, target, reduction, compute_grad, algo);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "margin_cpu",
                                   [&] { margin_cpu_impl<scalar_t>(plan); });
-  return margin_outputs(plan, input);
+  return op_outputs(plan.loss, plan.grad, input);
 }
 
 }  // namespace

@@ -69,11 +69,21 @@ ML_HD int64_t margin_merge_thresholds(A* t, int64_t n, int64_t* mult) {
 // collects the columns below every threshold and NaN columns, i.e. the targets). t[-1] must be
 // readable and finite (a sentinel slot) so that the update needs no branch. Q >= 1.
 // Each batch lane updates its own copy of cnt/D: with few buckets consecutive columns hit the same
-// entry, and a single copy makes one long store-to-load dependency chain (~3x slower at Q = 1).
-// The binary searches of kBatch columns run in lock step (same trip count for all) with the
-// comparison turned into arithmetic: independent dependency chains and no mispredicted branches
-// (random scores make each step a coin flip; branchy searches ran ~10x slower here).
+// entry, and a single copy makes one long store-to-load dependency chain. The binary searches of
+// kBatch columns run in lock step (same trip count for all) with the comparison turned into
+// arithmetic: independent chains, no mispredicted branches (random scores make each step a coin
+// flip). Measurements: docs/performance.md ("margin counting path").
 constexpr int kMarginBucketCopies = 8;
+
+// Adds the copies 1.. of cnt/D (Q + 1 entries each) into the first; entry 0 is never read.
+ML_HD void margin_merge_bucket_copies(int64_t* cnt, double* D, int64_t Q) {
+  for (int k = 1; k < kMarginBucketCopies; ++k) {
+    for (int64_t b = 1; b <= Q; ++b) {
+      cnt[b] += cnt[k * (Q + 1) + b];
+      D[b] += D[k * (Q + 1) + b];
+    }
+  }
+}
 
 template <class A, class G>
 ML_HD void margin_bucket_row(const A* x, int64_t C, const A* t, int64_t Q,
@@ -103,12 +113,7 @@ ML_HD void margin_bucket_row(const A* x, int64_t C, const A* t, int64_t Q,
       if (grad) grad[i0 + k] = static_cast<G>(static_cast<double>(mult_prefix[b]) * scale);
     }
   }
-  for (int k = 1; k < kBatch; ++k) {
-    for (int64_t b = 1; b <= Q; ++b) {
-      cnt[b] += cnt[k * stride + b];
-      D[b] += D[k * stride + b];
-    }
-  }
+  margin_merge_bucket_copies(cnt, D, Q);
 }
 
 // Counting method, step 3: suffix sweep over the Q distinct thresholds. K[q] = #columns above t[q],
