@@ -42,13 +42,6 @@ template <class A>
 constexpr int64_t kDirectMaxTargets = std::is_same_v<A, float> ? 48 : 24;
 #endif
 
-struct MarginVecOps {
-  template <class V>
-  static V gt(V x, V t) { return x > t; }  // all-ones lanes where x > t (false for NaN)
-  template <class V>
-  static V keep(V m, V v) { return v & m; }
-};
-
 #if defined(MLC_AVX2_GATHERS)
 // AVX2 form of math::margin_bucket_row for float compute (fp32/fp16/bf16 inputs): the same buckets,
 // gradient and (double) bucket sums, with the binary searches done by 8-lane gathers, 4 vectors in
@@ -193,6 +186,7 @@ void write_target_grads(Scratch<T>& s, T* grad, const int64_t* idx, const int64_
   }
 }
 
+// s.thr[0, P): the thresholds of the target occurrences in order (duplicates and NaNs allowed).
 template <class T, bool kGrad>
 double direct_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) {
   using A = opmath_t<T>;
@@ -206,10 +200,20 @@ double direct_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) {
   DoubleLanes<A> lane_sums;
   int64_t blocks = 0;
   const A* thr = s.thr.data();
+  V* kacc = s.kacc.data();
   for (int64_t c = 0; c < C; c += L) {
     const V x = V::loadu(s.xs.data() + c);
+    // Per column the active hinges (count: the gradient / scale) and their values (sum: the loss);
+    // per occurrence j its active columns (kacc[j]: minus its gradient).
     V count(A(0)), sum(A(0));
-    math::margin_direct_block<MarginVecOps>(x, thr, P, count, sum, s.kacc.data());
+    for (int64_t j = 0; j < P; ++j) {
+      const V th(thr[j]);
+      const V m = x > th;  // all-ones lanes where x > th (false for NaN)
+      const V hit = V(A(1)) & m;
+      count = count + hit;
+      sum = sum + ((x - th) & m);
+      kacc[j] = kacc[j] + hit;
+    }
     if constexpr (kGrad) store(grad + c, count * vscale, C - c);
     lane_sums.add(sum);
     if (++blocks == kFlushBlocks || c + L >= C) {

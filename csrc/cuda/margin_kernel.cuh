@@ -240,7 +240,7 @@ __device__ acc_t<T> margin_direct_row(const MarginParams<T>& p, const T* x, cons
       if (!excluded) {
         for (int64_t jj = 0; jj < n; ++jj) {
           const A th = s_thr[jj];
-          if (math::ScalarMarginOps::gt(xi, th)) {  // false for a NaN score or threshold
+          if (xi > th) {  // false for a NaN score or threshold
             ++cnt;
             lsum += xi - th;
             if (want_grad) atomicAdd(&s_k[jj], 1u);

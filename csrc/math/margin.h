@@ -22,29 +22,6 @@ ML_HD A margin_threshold(A x_target) {
   return -(A(1) - x_target);
 }
 
-// Direct O(P*C) method for few targets, one block of columns: V is a scalar A (a CUDA thread) or a
-// vector of A (the CPU's Vectorized), Ops supplies gt(x, t) -> mask and keep(mask, v) -> v or 0.
-// thr[0, P) are the thresholds of the target occurrences in order (duplicates and NaNs allowed).
-// Adds to count the number of active hinges per column (the gradient / scale), to sum their values
-// (the loss), and to kacc[j] the number of active columns for occurrence j (minus its gradient).
-template <class Ops, class V, class A>
-ML_HD void margin_direct_block(V x, const A* thr, int64_t P, V& count, V& sum, V* kacc) {
-  const V one(A(1));
-  for (int64_t j = 0; j < P; ++j) {
-    const V th(thr[j]);
-    const auto m = Ops::gt(x, th);
-    const V c = Ops::keep(m, one);
-    count = count + c;
-    sum = sum + Ops::keep(m, x - th);
-    kacc[j] = kacc[j] + c;
-  }
-}
-
-struct ScalarMarginOps {
-  template <class A>
-  static ML_HD bool gt(A x, A t) { return x > t; }
-};
-
 // Counting method, step 1: t[0, n) sorted ascending without NaNs. Merges equal values in place
 // (t keeps the Q distinct values, mult[q] their multiplicities) and returns Q.
 template <class A>
