@@ -1,5 +1,5 @@
-// The single source of truth for the multilabel margin loss math, shared by the CPU and CUDA kernels:
-// plain functions over raw pointers and sizes, no ATen, no allocation.
+// The multilabel margin loss math: the hinge threshold (both kernels' hinge test) and the steps of
+// the CPU's counting method; plain functions over raw pointers and sizes, no ATen, no allocation.
 //
 // Row loss = sum_{j in targets} sum_{i not a target} max(0, 1 - x[y_j] + x[i]).
 // Native evaluates z = 1 - x[t] + x[i] in the scalar type and tests z > 0. Rounding preserves the
