@@ -22,10 +22,10 @@ namespace mlc::cuda {
 namespace {
 
 // Out-of-range targets without a host sync (docs/design.md §2): the kernel records the first bad
-// entry in the device's MarginTargetError; every call copies it, after its kernel and on its stream,
-// into a pinned host mirror (the host does not wait). A call first looks at the mirror: a record
-// there is raised (after waiting for the device, on this error path only, so that the mirror is
-// complete) and cleared; take_margin_target_error (multilabel_cuda.check_errors()) waits for it.
+// entry in the device's MarginTargetError; every call copies it, after its kernel and on its
+// stream, into a pinned host mirror (the host does not wait). A call first looks at the mirror: a
+// record there is raised (after waiting for the device, on this error path only, so that the mirror
+// is complete) and cleared; take_margin_target_error (multilabel_cuda.check_errors()) waits for it.
 struct ErrorRecord {
   std::once_flag once;
   std::atomic<bool> ready{false};
