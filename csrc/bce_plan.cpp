@@ -29,6 +29,15 @@ at::Tensor weight_rows(const char* op, const char* name, const std::optional<at:
   return as_rows(*t, input.sizes(), rows, cols, true);
 }
 
+// The loss output: a scalar when reduced, else per row (row_mean: input's leading shape) or per
+// element (input's shape).
+at::Tensor loss_output(const at::Tensor& input, int64_t reduction, bool row_mean) {
+  const auto opts = input.options();
+  if (reduction != kNone) return at::empty({}, opts);
+  if (row_mean) return at::empty(input.sizes().slice(0, input.dim() - 1), opts);
+  return empty_output(input.sizes(), opts);
+}
+
 // Column stride of `v` (rows, cols) read as one long row, or -1 when its rows are not evenly spaced.
 int64_t flat_col_stride(const at::Tensor& v) {
   const int64_t cols = v.size(1), rs = v.stride(0), cs = cols == 1 ? rs : v.stride(1);
@@ -87,14 +96,8 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
     flatten_rows(plan);
   }
 
+  plan.loss = loss_output(input, reduction, row_mean);
   const auto opts = input.options();
-  if (reduction != kNone) {
-    plan.loss = at::empty({}, opts);
-  } else if (row_mean) {
-    plan.loss = at::empty(shape.slice(0, input.dim() - 1), opts);
-  } else {
-    plan.loss = empty_output(shape, opts);
-  }
   plan.grad = compute_grad ? empty_output({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
   return plan;
 }
@@ -140,14 +143,7 @@ BcePlan make_bce_chunk_plan(const at::Tensor& logits, const std::optional<at::Te
   if (target && (!row_mean || reduction != kNone) && plan.rows > 1 && plan.cols > 0) {
     flatten_rows(plan);
   }
-  const auto opts = logits.options();
-  if (reduction == kSum) {
-    plan.loss = at::empty({}, opts);
-  } else if (row_mean) {
-    plan.loss = at::empty({plan.rows}, opts);
-  } else {
-    plan.loss = empty_output(logits.sizes(), opts);
-  }
+  plan.loss = loss_output(logits, reduction, row_mean);  // reduction: kNone or kSum
   return plan;
 }
 
