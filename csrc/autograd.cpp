@@ -1,9 +1,8 @@
 // Autograd for the fused ops, in C++ (as torchvision's csrc/ops/autograd): a Python
-// autograd.Function costs ~150 us per forward+backward, a C++ one ~10 us, and at 256x4096 the whole
-// fused pass is well under 1 ms. Forward runs the op below autograd and keeps its gradient;
-// backward only scales it. What needs differentiable formulas (double backward, target gradients)
-// goes through multilabel_cuda::bce_backward (csrc/bce_backward.cpp, ATen ops), so those formulas
-// exist once.
+// autograd.Function's overhead is a large part of a whole fused pass (docs/performance.md).
+// Forward runs the op below autograd and keeps its gradient; backward only scales it. What needs
+// differentiable formulas (double backward, target gradients) goes through
+// multilabel_cuda::bce_backward (csrc/bce_backward.cpp, ATen ops), so those formulas exist once.
 //
 // Memory: the kept gradient is the op's one N x C buffer, and backward gives that very buffer away
 // (scaled in place unless the upstream gradient is exactly 1) instead of allocating its product with
@@ -46,7 +45,9 @@ at::Tensor per_element(const at::Tensor& grad_loss, bool per_row_loss) {
   return per_row_loss ? grad_loss.unsqueeze(-1) : grad_loss;
 }
 
-void keep_grad(AutogradContext* ctx, const at::Tensor& grad, bool compute_grad) {
+// Keeps the op's gradient for backward; returns the node's outputs (loss, grad).
+variable_list keep_grad(AutogradContext* ctx, const at::Tensor& loss, const at::Tensor& grad,
+                        bool compute_grad) {
   ctx->saved_data["compute_grad"] = compute_grad;
   ctx->saved_data["grad"] = grad;
   ctx->saved_data["grad_version"] = static_cast<int64_t>(grad._version());
@@ -54,6 +55,7 @@ void keep_grad(AutogradContext* ctx, const at::Tensor& grad, bool compute_grad) 
   // The grad output is never used downstream; materializing its (zero) gradient would cost a
   // whole extra N x C buffer in backward.
   ctx->set_materialize_grads(false);
+  return {loss, grad};
 }
 
 template <class Fn>
@@ -138,8 +140,7 @@ struct BceFunction : torch::autograd::Function<Self> {
     ctx->saved_data["has_pos_weight"] = pos_weight.has_value() && pos_weight->defined();
     ctx->save_for_backward({input, target, weight.value_or(at::Tensor()),
                             pos_weight.value_or(at::Tensor())});
-    keep_grad(ctx, grad, compute_grad);
-    return {loss, grad};
+    return keep_grad(ctx, loss, grad, compute_grad);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -208,8 +209,7 @@ struct BceFamilyBackward final : torch::autograd::Function<BceFamilyBackward> {
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["has_weight"] = weight.has_value() && weight->defined();
     ctx->save_for_backward({input, target, weight.value_or(at::Tensor())});
-    keep_grad(ctx, grad, compute_grad);
-    return {loss, grad};
+    return keep_grad(ctx, loss, grad, compute_grad);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -251,8 +251,7 @@ struct MultilabelMarginBackward final : torch::autograd::Function<MultilabelMarg
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["algo"] = algo;
     ctx->save_for_backward({input, target});
-    keep_grad(ctx, grad, compute_grad);
-    return {loss, grad};
+    return keep_grad(ctx, loss, grad, compute_grad);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -275,41 +274,33 @@ struct MultilabelMarginBackward final : torch::autograd::Function<MultilabelMarg
 
 namespace {
 
-OpPair as_pair(const variable_list& v) { return {v[0], v[1]}; }
+// The Autograd kernel of an op of signature Sig: Node's apply, its outputs as the op's pair.
+template <class Node, class Sig>
+struct AutogradKernel;
+template <class Node, class... Args>
+struct AutogradKernel<Node, OpPair(Args...)> {
+  static OpPair call(Args... args) {
+    const variable_list out = Node::apply(args...);
+    return {out[0], out[1]};
+  }
+};
 
-OpPair bce_with_logits_autograd(const at::Tensor& input, const at::Tensor& target,
-                                const std::optional<at::Tensor>& weight,
-                                const std::optional<at::Tensor>& pos_weight, int64_t reduction,
-                                bool compute_grad) {
-  return as_pair(BceWithLogitsBackward::apply(input, target, weight, pos_weight, reduction,
-                                              compute_grad));
-}
-
+// Soft margin's node is BCE's, which has a pos_weight argument.
 OpPair multilabel_soft_margin_autograd(const at::Tensor& input, const at::Tensor& target,
                                        const std::optional<at::Tensor>& weight, int64_t reduction,
                                        bool compute_grad) {
-  return as_pair(MultilabelSoftMarginBackward::apply(input, target, weight, std::nullopt,
-                                                     reduction, compute_grad));
-}
-
-OpPair bce_family_autograd(const at::Tensor& input, const at::Tensor& target,
-                           const std::optional<at::Tensor>& weight, int64_t kind,
-                           at::ArrayRef<double> params, int64_t reduction, bool compute_grad) {
-  return as_pair(BceFamilyBackward::apply(input, target, weight, kind, params, reduction,
-                                          compute_grad));
-}
-
-OpPair multilabel_margin_autograd(const at::Tensor& input, const at::Tensor& target,
-                                  int64_t reduction, bool compute_grad, int64_t algo) {
-  return as_pair(MultilabelMarginBackward::apply(input, target, reduction, compute_grad, algo));
+  return AutogradKernel<MultilabelSoftMarginBackward, BceOp>::call(input, target, weight,
+                                                                   std::nullopt, reduction,
+                                                                   compute_grad);
 }
 
 }  // namespace
 }  // namespace multilabel_cuda
 
 TORCH_LIBRARY_IMPL(multilabel_cuda, Autograd, m) {
-  m.impl("bce_with_logits", &multilabel_cuda::bce_with_logits_autograd);
-  m.impl("multilabel_soft_margin", &multilabel_cuda::multilabel_soft_margin_autograd);
-  m.impl("multilabel_margin", &multilabel_cuda::multilabel_margin_autograd);
-  m.impl("bce_family", &multilabel_cuda::bce_family_autograd);
+  using namespace multilabel_cuda;
+  m.impl("bce_with_logits", &AutogradKernel<BceWithLogitsBackward, BceOp>::call);
+  m.impl("multilabel_soft_margin", &multilabel_soft_margin_autograd);
+  m.impl("multilabel_margin", &AutogradKernel<MultilabelMarginBackward, MarginOp>::call);
+  m.impl("bce_family", &AutogradKernel<BceFamilyBackward, BceFamilyBackward::Op>::call);
 }

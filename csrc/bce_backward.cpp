@@ -1,6 +1,5 @@
-// Differentiable backward of bce_with_logits / multilabel_soft_margin, in ATen ops. Registered as
-// CompositeImplicitAutograd, so autograd differentiates through it: csrc/autograd.cpp calls it where
-// the fused gradient is not enough (create_graph, i.e. double backward, and target gradients).
+// Kernel of op bce_backward (its schema and meaning: csrc/ops.cpp), in ATen ops. Registered as
+// CompositeImplicitAutograd, so autograd differentiates through it (double backward).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -22,8 +21,7 @@ double grad_scale(const at::Tensor& input, int64_t reduction, bool row_mean) {
   return loss_scales(reduction, rows, cols, row_mean).grad;
 }
 
-// (d output / d input, d output / d target) times `upstream` (broadcastable to the input), each an
-// undefined tensor unless asked for:
+// The op's two gradients, from
 //   loss = w [(1 - y) x + (1 + (p - 1) y) softplus(-x)]
 //   d/dx = w [(1 + (p - 1) y) sigmoid(x) - p y],   d/dy = w [-x - (p - 1) log sigmoid(x)]
 std::tuple<at::Tensor, at::Tensor> bce_backward_impl(

@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 
 #include "checks.h"
-#include "output_alloc.h"
 #include "reduction.h"
 
 namespace mlc {
@@ -20,6 +19,25 @@ at::Tensor as_rows(const at::Tensor& t, at::IntArrayRef shape, int64_t rows, int
   return v;
 }
 
+// A weight or pos_weight (broadcastable to input), checked, then as_rows with broadcast columns
+// allowed; undefined when absent.
+at::Tensor weight_rows(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                       const at::Tensor& input, int64_t rows, int64_t cols) {
+  if (!t) return at::Tensor();
+  check_operand(op, name, *t, input);
+  check_shape(op, name, *t, input, false);
+  return as_rows(*t, input.sizes(), rows, cols, true);
+}
+
+// The loss output: a scalar when reduced, else per row (row_mean: input's leading shape) or per
+// element (input's shape).
+at::Tensor loss_output(const at::Tensor& input, int64_t reduction, bool row_mean) {
+  const auto opts = input.options();
+  if (reduction != kNone) return at::empty({}, opts);
+  if (row_mean) return at::empty(input.sizes().slice(0, input.dim() - 1), opts);
+  return empty_output(input.sizes(), opts);
+}
+
 // Column stride of `v` (rows, cols) read as one long row, or -1 when its rows are not evenly spaced.
 int64_t flat_col_stride(const at::Tensor& v) {
   const int64_t cols = v.size(1), rs = v.stride(0), cs = cols == 1 ? rs : v.stride(1);
@@ -31,8 +49,7 @@ int64_t flat_col_stride(const at::Tensor& v) {
 // logits or short class dims split into long chunks instead of paying per-row setup (and a
 // partial sum) for every few elements.
 // Input and target must come out with unit column stride (the kernels read them contiguously): an
-// expanded (N, 1) input has evenly spaced rows too, at stride 0, and read as one contiguous row it
-// gave wrong values (found by tests/test_fuzz.py).
+// expanded (N, 1) input has evenly spaced rows too, but at stride 0.
 void flatten_rows(BcePlan& plan) {
   at::Tensor* operands[] = {&plan.input, &plan.target, &plan.weight, &plan.pos_weight};
   if (flat_col_stride(plan.input) != 1 || flat_col_stride(plan.target) != 1) return;
@@ -59,14 +76,6 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
   // Soft margin broadcasts its target like the native composite; BCE requires equal sizes.
   check_operand(op, "target", target, input);
   check_shape(op, "target", target, input, /*same_shape=*/!row_mean);
-  if (weight) {
-    check_operand(op, "weight", *weight, input);
-    check_shape(op, "weight", *weight, input, false);
-  }
-  if (pos_weight) {
-    check_operand(op, "pos_weight", *pos_weight, input);
-    check_shape(op, "pos_weight", *pos_weight, input, false);
-  }
 
   BcePlan plan;
   plan.variant = variant;
@@ -78,8 +87,8 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
   const auto shape = input.sizes();
   plan.input = as_rows(input, shape, plan.rows, plan.cols, false);
   plan.target = as_rows(target, shape, plan.rows, plan.cols, false);
-  if (weight) plan.weight = as_rows(*weight, shape, plan.rows, plan.cols, true);
-  if (pos_weight) plan.pos_weight = as_rows(*pos_weight, shape, plan.rows, plan.cols, true);
+  plan.weight = weight_rows(op, "weight", weight, input, plan.rows, plan.cols);
+  plan.pos_weight = weight_rows(op, "pos_weight", pos_weight, input, plan.rows, plan.cols);
 
   // The scales are those of the rows and classes the caller sees, also when rows are flattened.
   plan.scales = loss_scales(reduction, plan.rows, plan.cols, row_mean);
@@ -87,14 +96,8 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
     flatten_rows(plan);
   }
 
+  plan.loss = loss_output(input, reduction, row_mean);
   const auto opts = input.options();
-  if (reduction != kNone) {
-    plan.loss = at::empty({}, opts);
-  } else if (row_mean) {
-    plan.loss = at::empty(shape.slice(0, input.dim() - 1), opts);
-  } else {
-    plan.loss = empty_output(shape, opts);
-  }
   plan.grad = compute_grad ? empty_output({plan.rows, plan.cols}, opts) : at::empty({0}, opts);
   return plan;
 }
@@ -134,24 +137,13 @@ BcePlan make_bce_chunk_plan(const at::Tensor& logits, const std::optional<at::Te
     if (values) plan.values = values->contiguous();
     plan.first = first;
   }
-  if (pos_weight) {
-    check_operand(op, "pos_weight", *pos_weight, logits);
-    check_shape(op, "pos_weight", *pos_weight, logits, false);
-    plan.pos_weight = as_rows(*pos_weight, logits.sizes(), plan.rows, plan.cols, true);
-  }
+  plan.pos_weight = weight_rows(op, "pos_weight", pos_weight, logits, plan.rows, plan.cols);
   // The terms' sums as they are (BCE 'sum' with no mean; per row: no 1 / cols).
   plan.scales = loss_scales(kSum, plan.rows, plan.cols, false);
   if (target && (!row_mean || reduction != kNone) && plan.rows > 1 && plan.cols > 0) {
     flatten_rows(plan);
   }
-  const auto opts = logits.options();
-  if (reduction == kSum) {
-    plan.loss = at::empty({}, opts);
-  } else if (row_mean) {
-    plan.loss = at::empty({plan.rows}, opts);
-  } else {
-    plan.loss = empty_output(logits.sizes(), opts);
-  }
+  plan.loss = loss_output(logits, reduction, row_mean);  // reduction: kNone or kSum
   return plan;
 }
 
@@ -167,12 +159,6 @@ BceVariant bce_variant(int64_t kind, at::ArrayRef<double> params) {
   v.kind = static_cast<int>(kind);
   for (size_t k = 0; k < params.size(); ++k) v.param[k] = params[k];
   return v;
-}
-
-std::tuple<at::Tensor, at::Tensor> bce_outputs(const BcePlan& plan, const at::Tensor& input) {
-  // grad is (rows, cols) exactly when it was requested; otherwise an empty placeholder.
-  at::Tensor grad = plan.grad.dim() == 2 ? plan.grad.view(input.sizes()) : plan.grad;
-  return {plan.loss, grad};
 }
 
 }  // namespace mlc

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "math/portable.h"
+#include "output_alloc.h"
 #include "params.h"
 
 namespace mlc {
@@ -31,11 +32,8 @@ BcePlan make_bce_plan(const char* op, const at::Tensor& input, const at::Tensor&
                       bool compute_grad, bool row_mean,
                       const BceVariant& variant = BceVariant());
 
-// Plan of op bce_chunk_ (csrc/ops.cpp): plain BCE on a contiguous (rows, cols) chunk of logits,
-// whose gradient overwrites them (plan.grad is logits). The target is dense (a (rows, cols) view of
-// logits' dtype) or CSR (indices, offsets, values; columns are classes first, first + 1, ...).
-// Unscaled: the loss is the terms' sum (reduction 'sum'), per row (reduction 'none' and row_mean)
-// or elementwise ('none'), and the gradient is that of their sum; the caller owns the scale.
+// Plan of op bce_chunk_ (what it computes: its schema in csrc/ops.cpp): plan.grad is the logits,
+// and the scales leave the terms' sums as they are (the caller owns the scale).
 BcePlan make_bce_chunk_plan(const at::Tensor& logits, const std::optional<at::Tensor>& target,
                             const std::optional<at::Tensor>& indices,
                             const std::optional<at::Tensor>& offsets,
@@ -46,9 +44,6 @@ BcePlan make_bce_chunk_plan(const at::Tensor& logits, const std::optional<at::Te
 // The BceVariant of op bce_family's (kind, params): a member of MLC_BCE_FAMILY and at most
 // kBceParams numbers (the rest 0). The values are the member's schema's to check.
 BceVariant bce_variant(int64_t kind, at::ArrayRef<double> params);
-
-// Output of the op: (loss, grad reshaped as the input, or an empty tensor).
-std::tuple<at::Tensor, at::Tensor> bce_outputs(const BcePlan& plan, const at::Tensor& input);
 
 // The BCE-family ops for one device, whose kernel is Run(plan) (dtype dispatch and launch): the
 // argument mapping is written once for the CPU and CUDA bindings.
@@ -91,7 +86,7 @@ struct BceOps {
     BcePlan plan = make_bce_plan(op, input, target, weight, pos_weight, reduction, compute_grad,
                                  row_mean, variant);
     Run(plan);
-    return bce_outputs(plan, input);
+    return op_outputs(plan.loss, plan.grad, input);
   }
 };
 

@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 
 #include "checks.h"
-#include "output_alloc.h"
 #include "reduction.h"
 
 namespace mlc {
@@ -37,17 +36,13 @@ MarginPlan make_margin_plan(const at::Tensor& input, const at::Tensor& target, i
   plan.algo = static_cast<int>(algo);
   plan.rows = nd == 2 ? input.size(0) : 1;
   plan.cols = nd == 0 ? 1 : input.size(nd - 1);
-  if (nd == 2) {
-    TORCH_CHECK(target.dim() == 2 && target.size(0) == plan.rows && target.size(1) <= plan.cols,
-                kOp, ": target of shape ", target.sizes(), " does not fit input of shape ",
-                input.sizes(), " (expected (N, K) with K <= C = ", plan.cols, ")");
-    plan.tcols = target.size(1);
-  } else {
-    TORCH_CHECK(target.dim() <= 1 && target.numel() <= plan.cols, kOp, ": target of shape ",
-                target.sizes(), " does not fit input of shape ", input.sizes(),
-                " (expected (K,) with K <= C = ", plan.cols, ")");
-    plan.tcols = target.numel();
-  }
+  const bool fits = nd == 2 ? target.dim() == 2 && target.size(0) == plan.rows &&
+                                  target.size(1) <= plan.cols
+                            : target.dim() <= 1 && target.numel() <= plan.cols;
+  TORCH_CHECK(fits, kOp, ": target of shape ", target.sizes(), " does not fit input of shape ",
+              input.sizes(), nd == 2 ? " (expected (N, K)" : " (expected (K,)",
+              " with K <= C = ", plan.cols, ")");
+  plan.tcols = nd == 2 ? target.size(1) : target.numel();
   // The target range (every entry in [-1, C), also past the first -1, as native) is checked by the
   // kernels in the pass that reads the targets: no extra pass here, and no host sync on CUDA.
   plan.input = unit_col_stride(input.reshape({plan.rows, plan.cols}));
@@ -63,11 +58,6 @@ MarginPlan make_margin_plan(const at::Tensor& input, const at::Tensor& target, i
 
 std::string margin_target_error_message(const MarginTargetError& e) {
   return c10::str(kOp, ": target index ", e.value, " out of range [-1, ", e.cols, ") in row ", e.row);
-}
-
-std::tuple<at::Tensor, at::Tensor> margin_outputs(const MarginPlan& plan, const at::Tensor& input) {
-  at::Tensor grad = plan.grad.dim() == 2 ? plan.grad.view(input.sizes()) : plan.grad;
-  return {plan.loss, grad};
 }
 
 }  // namespace mlc

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "math/portable.h"
+#include "output_alloc.h"
 #include "params.h"
 
 namespace mlc {
@@ -26,8 +27,6 @@ struct MarginPlan {
 
 MarginPlan make_margin_plan(const at::Tensor& input, const at::Tensor& target, int64_t reduction,
                             bool compute_grad, int64_t algo);
-
-std::tuple<at::Tensor, at::Tensor> margin_outputs(const MarginPlan& plan, const at::Tensor& input);
 
 // The words of the out-of-range target error, written once for the CPU kernel (raised at once) and
 // the CUDA launcher (raised for a record a kernel left on the device).

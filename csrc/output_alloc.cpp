@@ -13,9 +13,9 @@ namespace {
 
 constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
 // glibc serves requests of 32 MiB and more (its largest dynamic mmap threshold) with a fresh mmap
-// every time, so every page of such a buffer faults once: huge pages make that 512x fewer faults.
-// Smaller buffers usually come back from the heap already mapped, and there MADV_HUGEPAGE hurts
-// (docs/performance.md, "huge pages").
+// every time, so every page of such a buffer faults once on first write, which costs more than the
+// whole fused pass: huge pages make that 512x fewer faults. Smaller buffers usually come back from
+// the heap already mapped, and there MADV_HUGEPAGE hurts (docs/performance.md, "huge pages").
 constexpr size_t kMinBytes = size_t(32) << 20;
 
 bool huge_pages_enabled() {
@@ -39,6 +39,11 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
   }
 #endif
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> op_outputs(const at::Tensor& loss, const at::Tensor& grad,
+                                              const at::Tensor& input) {
+  return {loss, grad.dim() == 2 ? grad.view(input.sizes()) : grad};  // (rows, cols) when requested
 }
 
 }  // namespace mlc

@@ -76,8 +76,7 @@ enum MarginAlgo : int { kMarginAuto = 0, kMarginDirect = 1, kMarginCounting = 2 
 
 // An out-of-range margin target entry (every entry must lie in [-1, cols), also past the first -1),
 // found by a kernel in the pass that reads the targets: the first thread to raise `claimed` from 0
-// records the rest. The CPU kernel raises at once; on CUDA it is a device record that the launcher
-// reads back without waiting for the kernel (csrc/cuda/margin_cuda.cu).
+// records the rest. The CPU kernel raises at once; CUDA's record: csrc/cuda/margin_cuda.cu.
 struct MarginTargetError {
   unsigned claimed = 0;
   int64_t row = 0, value = 0, cols = 0;

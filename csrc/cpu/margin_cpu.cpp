@@ -42,13 +42,6 @@ template <class A>
 constexpr int64_t kDirectMaxTargets = std::is_same_v<A, float> ? 48 : 24;
 #endif
 
-struct MarginVecOps {
-  template <class V>
-  static V gt(V x, V t) { return x > t; }  // all-ones lanes where x > t (false for NaN)
-  template <class V>
-  static V keep(V m, V v) { return v & m; }
-};
-
 #if defined(MLC_AVX2_GATHERS)
 // AVX2 form of math::margin_bucket_row for float compute (fp32/fp16/bf16 inputs): the same buckets,
 // gradient and (double) bucket sums, with the binary searches done by 8-lane gathers, 4 vectors in
@@ -116,12 +109,7 @@ void bucket_row_avx2(const float* x, int64_t C, const float* t, int64_t Q, const
       D[e] += dl[k];  // entry 0 collects garbage (NaN columns), never read
     }
   }
-  for (int k = 1; k < math::kMarginBucketCopies; ++k) {
-    for (int64_t b = 1; b <= Q; ++b) {
-      cnt[b] += cnt[k * stride + b];
-      D[b] += D[k * stride + b];
-    }
-  }
+  math::margin_merge_bucket_copies(cnt, D, Q);
 }
 #endif
 
@@ -143,8 +131,8 @@ struct Scratch {
   std::vector<std::pair<int64_t, int64_t>> by_col;  // (target column, hinge count) per occurrence
 
   // Room for a row of n target occurrences, grown on demand: a native (N, C) target leaves room for
-  // C per row but rows usually hold a few, and zero-filling everything for C (~150 bytes a column,
-  // per thread, per call) cost ~1300 page faults a call at 1024x32768 (1889 -> 576, the gradient's).
+  // C per row but rows usually hold a few, and sizing everything for C page-faults on every call
+  // (docs/performance.md, "margin counting path").
   void fit(int64_t n, bool counting) {
     if (static_cast<int64_t>(thr.size()) < n) {
       thr.resize(n);
@@ -167,8 +155,8 @@ struct Scratch {
 // grad[idx[k]] = -(sum of cnt over all occurrences of idx[k]) * scale, rounded to T once: a target
 // listed several times (native counts each) must not round a half/bf16 gradient per occurrence.
 // A bit per column tells whether any target repeats; only then are the n occurrences sorted by
-// column to sum the repeats (a per-column count table was 8 bytes a column per thread: 8 MB at
-// C = 1e6; sorting always cost 25% of the counting path at 256 positives).
+// column to sum the repeats (cheaper than a per-column count table per thread or always sorting:
+// docs/performance.md, "margin counting path").
 template <class T>
 void write_target_grads(Scratch<T>& s, T* grad, const int64_t* idx, const int64_t* cnt, int64_t n,
                         double scale) {
@@ -198,6 +186,7 @@ void write_target_grads(Scratch<T>& s, T* grad, const int64_t* idx, const int64_
   }
 }
 
+// s.thr[0, P): the thresholds of the target occurrences in order (duplicates and NaNs allowed).
 template <class T, bool kGrad>
 double direct_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) {
   using A = opmath_t<T>;
@@ -211,10 +200,20 @@ double direct_row(Scratch<T>& s, int64_t C, int64_t P, T* grad, double scale) {
   DoubleLanes<A> lane_sums;
   int64_t blocks = 0;
   const A* thr = s.thr.data();
+  V* kacc = s.kacc.data();
   for (int64_t c = 0; c < C; c += L) {
     const V x = V::loadu(s.xs.data() + c);
+    // Per column the active hinges (count: the gradient / scale) and their values (sum: the loss);
+    // per occurrence j its active columns (kacc[j]: minus its gradient).
     V count(A(0)), sum(A(0));
-    math::margin_direct_block<MarginVecOps>(x, thr, P, count, sum, s.kacc.data());
+    for (int64_t j = 0; j < P; ++j) {
+      const V th(thr[j]);
+      const V m = x > th;  // all-ones lanes where x > th (false for NaN)
+      const V hit = V(A(1)) & m;
+      count = count + hit;
+      sum = sum + ((x - th) & m);
+      kacc[j] = kacc[j] + hit;
+    }
     if constexpr (kGrad) store(grad + c, count * vscale, C - c);
     lane_sums.add(sum);
     if (++blocks == kFlushBlocks || c + L >= C) {
@@ -389,7 +388,7 @@ std::tuple<at::Tensor, at::Tensor> multilabel_margin_cpu(const at::Tensor& input
   MarginPlan plan = make_margin_plan(input, target, reduction, compute_grad, algo);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "margin_cpu",
                                   [&] { margin_cpu_impl<scalar_t>(plan); });
-  return margin_outputs(plan, input);
+  return op_outputs(plan.loss, plan.grad, input);
 }
 
 }  // namespace

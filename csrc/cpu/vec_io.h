@@ -16,38 +16,34 @@ using at::vec::Vectorized;
 template <class T>
 using opmath_t = at::opmath_type<T>;
 
-// Ops policy for csrc/math/bce.h. double uses Sleef (u10) as is; float gets polynomials for the
-// narrow domains the math needs, about twice as fast as the general Sleef functions at <= 2 ulp.
+// Ops policy for csrc/math/bce.h and the modulated BCE member (csrc/math/bce_variants.h): what
+// every type computes the same way.
 template <class T>
-struct VecOps {
+struct VecOpsCommon {
   using scalar_t = T;
   using V = Vectorized<T>;
-  ML_FORCE_INLINE static V exp_nonpos(V v) { return v.exp(); }
-  ML_FORCE_INLINE static V log1p_unit(V v) { return v.log1p(); }
   ML_FORCE_INLINE static V abs(V v) { return v.abs(); }
   ML_FORCE_INLINE static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }  // max(lo, v): NaN stays
   ML_FORCE_INLINE static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
   ML_FORCE_INLINE static V fma(V a, V b, V c) { return at::vec::fmadd(a, b, c); }
-  // For the modulated BCE member (csrc/math/bce_variants.h): log on [0, 1], b^g for b in [0, 1] and
-  // g >= 0. double: Sleef (u10) as is.
-  ML_FORCE_INLINE static V log_unit(V v) { return v.log(); }
-  ML_FORCE_INLINE static V pow_unit(V b, V g) { return b.pow(g); }
   ML_FORCE_INLINE static V clamp_max(V v, V hi) { return at::vec::clamp_max(v, hi); }  // NaN stays
   ML_FORCE_INLINE static V where_pos(V x, V a, V b) { return V::blendv(b, a, x > V(0)); }
 };
 
-template <>
-struct VecOps<float> {
-  using scalar_t = float;
-  using V = Vectorized<float>;
-  ML_FORCE_INLINE static V abs(V v) { return v.abs(); }
-  ML_FORCE_INLINE static V clamp_min(V v, V lo) { return at::vec::clamp_min(v, lo); }
-  ML_FORCE_INLINE static V where_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
-  ML_FORCE_INLINE static V fma(V a, V b, V c) { return at::vec::fmadd(a, b, c); }
-  // For the modulated BCE member (csrc/math/bce_variants.h).
-  ML_FORCE_INLINE static V clamp_max(V v, V hi) { return at::vec::clamp_max(v, hi); }  // NaN stays
-  ML_FORCE_INLINE static V where_pos(V x, V a, V b) { return V::blendv(b, a, x > V(0)); }
+// exp on x <= 0, log1p on [0, 1], log on [0, 1], b^g for b in [0, 1] and g >= 0. double uses Sleef
+// (u10) as is; float gets polynomials for these narrow domains, about twice as fast as the general
+// Sleef functions at <= 2 ulp.
+template <class T>
+struct VecOps : VecOpsCommon<T> {
+  using V = Vectorized<T>;
+  ML_FORCE_INLINE static V exp_nonpos(V v) { return v.exp(); }
+  ML_FORCE_INLINE static V log1p_unit(V v) { return v.log1p(); }
+  ML_FORCE_INLINE static V log_unit(V v) { return v.log(); }
+  ML_FORCE_INLINE static V pow_unit(V b, V g) { return b.pow(g); }
+};
 
+template <>
+struct VecOps<float> : VecOpsCommon<float> {
   // exp(x) for x <= 0 (NaN propagates): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and the
   // classic degree-6 minimax polynomial (Cephes expf). n <= 0, so 2^(n + 64) is a normal float and
   // the final exact-or-once-rounded * 2^-64 keeps results in the subnormal range instead of flushing.
@@ -101,8 +97,8 @@ struct VecOps<float> {
   }
 
   // log1p(e) for e in [0, 1]: e * P(e), P the degree-8 minimax fit of log1p(e)/e on [0, 1] in
-  // relative error (3.0e-8 before rounding; measured <= 2 ulp in float). Division-free: the
-  // 2 atanh(e / (2 + e)) series it replaces spent a division per element (~6% of the BCE loop).
+  // relative error (3.0e-8 before rounding; measured <= 2 ulp in float). Division-free, unlike a
+  // 2 atanh(e / (2 + e)) series (docs/performance.md).
   ML_FORCE_INLINE static V log1p_unit(V e) {
     V p = V(5.2326941098e-03f);
     p = at::vec::fmadd(p, e, V(-2.9505237276e-02f));

@@ -5,12 +5,9 @@
 // header tests/cpp/simt_emu.h, so it uses only what that header emulates: threadIdx/blockIdx/
 // blockDim/gridDim, __syncthreads, __shfl_down_sync, static __shared__ arrays. No CUB.
 //
-// Work decomposition (BceTiles): a tile is one segment of `cols` columns of `rows` rows; block b
-// handles tiles b, b + gridDim.x, ... (grid capped by the launcher). Long rows: one row segment a
-// tile, the whole block on it. Short rows: several rows a tile, `group` threads a row. Every
-// reduction is two-pass and in a fixed order (per-thread strided sums -> warp shuffle tree ->
-// per-warp slots -> warp 0), so a result is bitwise identical run to run for the same grid, i.e.
-// on the same device.
+// Block b handles tiles b, b + gridDim.x, ... (BceTiles). Every reduction is two-pass and in a
+// fixed order (per-thread strided sums -> warp shuffle tree -> per-warp slots -> warp 0), so a
+// result is bitwise identical run to run for the same grid, i.e. on the same device.
 #pragma once
 #include <cstddef>
 #include <cstdint>

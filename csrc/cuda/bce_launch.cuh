@@ -62,10 +62,6 @@ inline BceLaunchShape bce_launch_shape(int64_t rows, int64_t cols, int elem_size
   return s;
 }
 
-// Runs the fused kernel and its second pass, which applies p.scales (the plan's reduction rule).
-// `launch(kernel, grid, block, args...)` starts a
-// kernel (CUDA: <<<grid, block, 0, stream>>> + launch check; tests: the SIMT emulator). `out` is
-// the reduced loss (a scalar, or rows values for soft margin 'none'); unused for BCE 'none'.
 // The fused kernel of member Elem, tiling Short and target reader Target in the shape's mode.
 template <class Elem, bool Short, template <class> class Target = DenseTileTarget, class T,
           class Launch>
@@ -83,6 +79,10 @@ void bce_launch_fused(const BceParams<T>& p, const BceLaunchShape& s, acc_t<T>* 
   }
 }
 
+// Runs the fused kernel and its second pass, which applies p.scales (the plan's reduction rule).
+// `launch(kernel, grid, block, args...)` starts a kernel (CUDA: <<<grid, block, 0, stream>>> +
+// launch check; tests: the SIMT emulator). `out` is the reduced loss (a scalar, or rows values for
+// soft margin 'none'); unused for BCE 'none'.
 template <class T, class Launch>
 void bce_run(const BceParams<T>& p, const BceLaunchShape& s, acc_t<T>* partial, T* out,
              Launch&& launch) {

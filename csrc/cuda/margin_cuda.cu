@@ -21,14 +21,11 @@
 namespace mlc::cuda {
 namespace {
 
-// Out-of-range targets without a host sync (docs/design.md §2): the kernel reads every target entry
-// anyway and records the first bad one in the device's MarginTargetError (device memory); every call
-// then copies that record, after its kernel and on its stream, into a pinned host mirror
-// (cudaMemcpyAsync into pinned memory: the host does not wait). A call first looks at the mirror:
-// a record there is raised (after waiting for the device, on this error path only, so that the
-// mirror is complete) and cleared. Hence the error comes at the first margin call on that device
-// that starts after the faulty call's kernel has finished (the next step of a loop that reads
-// loss.item()), or at take_margin_target_error (multilabel_cuda.check_errors(), which waits).
+// Out-of-range targets without a host sync (docs/design.md §2): the kernel records the first bad
+// entry in the device's MarginTargetError; every call copies it, after its kernel and on its
+// stream, into a pinned host mirror (the host does not wait). A call first looks at the mirror: a
+// record there is raised (after waiting for the device, on this error path only, so that the mirror
+// is complete) and cleared; take_margin_target_error (multilabel_cuda.check_errors()) waits for it.
 struct ErrorRecord {
   std::once_flag once;
   std::atomic<bool> ready{false};
@@ -131,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor> multilabel_margin_cuda(const at::Tensor& inpu
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
   C10_CUDA_CHECK(cudaMemcpyAsync(rec.host, rec.device, sizeof(MarginTargetError),
                                  cudaMemcpyDeviceToHost, stream));
-  return margin_outputs(plan, input);
+  return op_outputs(plan.loss, plan.grad, input);
 }
 
 }  // namespace

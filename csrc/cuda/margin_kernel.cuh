@@ -1,35 +1,17 @@
 // CUDA kernel for the fused multilabel margin loss forward + input gradient: the direct O(P*C) and
-// the counting O(C log P + P log P) method per row, chosen per row as on the CPU (p.algo).
+// the counting O(C log P + P log P) method per row, chosen per row as on the CPU (p.algo); the
+// methods are described in docs/design.md ("Margin on CUDA").
 //
-// Framework-free: raw pointers, sizes and strides through MarginParams<T> (no ATen); the hinge
-// threshold comes from csrc/math/margin.h, so hinge decisions match the CPU kernel (and native) bit
-// for bit: x[i] > thr = -fl(1 - x[t]). Like bce_kernel.cuh, everything here compiles with the host
-// compiler through tests/cpp/simt_emu.h and uses only what it emulates (threadIdx/blockIdx/
-// blockDim/gridDim, __syncthreads, __shfl_{down,}_sync, atomicAdd, static and dynamic __shared__).
+// Framework-free (MarginParams<T>, no ATen); the hinge threshold comes from csrc/math/margin.h, so
+// hinge decisions match the CPU kernel (and native) bit for bit. Like bce_kernel.cuh, everything
+// here compiles with the host compiler through tests/cpp/simt_emu.h and uses only what it emulates
+// (threadIdx/blockIdx/blockDim/gridDim, __syncthreads, __shfl_{down,}_sync, atomicAdd, static and
+// dynamic __shared__).
 //
-// One block per row (block b takes rows b, b + gridDim.x, ...). Per row:
-//  1. The whole target row is read once: P = entries before the first -1, and every entry must lie
-//     in [-1, C) (native's rule, also past the -1). An out-of-range entry is recorded in p.error
-//     (the first one claims it) and the row's loss and gradient become NaN; nothing reads x out of
-//     bounds. No host sync: the launcher reads the record back later (margin_cuda.cu).
-//  2. direct (P <= kCudaDirectMaxTargets under algo 0, or algo 1): columns in tiles of blockDim.x,
-//     thread t owns column c0 + t; the P occurrences are staged through shared memory in chunks
-//     (once per row when P <= chunk); pass 1 marks the columns that are targets, pass 2 tests
-//     x[i] > thr_j for every threshold: the thread counts its active hinges (grad = count * scale)
-//     and sums their values, and each active hinge adds 1 to the occurrence's counter (unsigned
-//     shared atomics: integer adds commute, so deterministic), flushed per chunk into K[j] (int64,
-//     global scratch). Target t: grad = -(sum of K_j over its occurrences) * scale.
-//  3. counting (otherwise): the P thresholds (NaN -> +inf, which activates nothing either) and the P
-//     target indices are sorted by a block merge sort (shared memory when P <= smem_targets, else
-//     the block's global scratch); R[b] = sum_{q<b} (t[b-1] - t[q]) by a block scan (non-negative
-//     terms: no cancellation). Column i (not a target: the sorted indices of the tile mark their
-//     columns in shared memory) finds b = #{t < x[i]} by binary search: its gradient is b * scale,
-//     its loss b * (x[i] - t[b-1]) + R[b], and hist[b] += 1 (integer atomics). After a scan of
-//     hist, occurrence j of threshold thr is active for the columns with b >= #{t <= thr}: target
-//     t (multiplicity m) gets -(m * K) * scale.
-//  4. The row's loss (fp32, fp64 for double, per thread then a fixed-order block sum) goes to
-//     row_partial[r]; a second kernel (reduce.cuh) applies the scales and rounds once to T.
-// No float atomics, fixed-order sorts and scans: bitwise identical run to run for the same grid.
+// One block per row (block b takes rows b, b + gridDim.x, ...): steps 1-3 below, then the row's
+// loss (fp32, fp64 for double, per thread then a fixed-order block sum) goes to row_partial[r]; a
+// second kernel (reduce.cuh) applies the scales and rounds once to T. No float atomics,
+// fixed-order sorts and scans: bitwise identical run to run for the same grid.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -174,6 +156,8 @@ __device__ void block_inclusive_scan(V* v, int64_t n, V* tot) {
 }
 
 // Step 1: P, or -1 for a row with an out-of-range entry (recorded in p.error: the first to claim it).
+// A bad row's loss and gradient become NaN and nothing reads x out of bounds (the rule and the
+// record: MarginTargetError, csrc/params.h).
 template <class T>
 __device__ int64_t margin_row_positives(const MarginParams<T>& p, const int64_t* y, int64_t r) {
   int64_t first = p.tcols;
@@ -195,6 +179,9 @@ __device__ int64_t margin_row_positives(const MarginParams<T>& p, const int64_t*
 }
 
 // Step 2, the direct method; returns the thread's share of the row loss. K: P int64 (grad only).
+// Thread t owns column c0 + t of each tile; the P occurrences are staged through shared memory in
+// chunks, and each active hinge adds 1 to its occurrence's counter by unsigned shared atomics
+// (integer adds commute: deterministic), flushed per chunk into K.
 template <class T>
 __device__ acc_t<T> margin_direct_row(const MarginParams<T>& p, const T* x, const int64_t* y, T* g,
                                       const int64_t P, const int64_t chunk, unsigned char* smem,
@@ -253,7 +240,7 @@ __device__ acc_t<T> margin_direct_row(const MarginParams<T>& p, const T* x, cons
       if (!excluded) {
         for (int64_t jj = 0; jj < n; ++jj) {
           const A th = s_thr[jj];
-          if (math::ScalarMarginOps::gt(xi, th)) {  // false for a NaN score or threshold
+          if (xi > th) {  // false for a NaN score or threshold
             ++cnt;
             lsum += xi - th;
             if (want_grad) atomicAdd(&s_k[jj], 1u);

@@ -1,6 +1,5 @@
-// CUDA binding of multilabel_cuda::_scale_grad_ (backward's grad *= upstream, see ops.cpp): a
-// scalar upstream on the device goes to scale_kernel.cuh, which reads it there (no host sync) and
-// does nothing for loss.backward()'s 1; any other upstream is an ATen mul_.
+// CUDA binding of multilabel_cuda::_scale_grad_ (see ops.cpp): a scalar upstream on the device goes
+// to scale_kernel.cuh, which reads it there; any other upstream is an ATen mul_.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>

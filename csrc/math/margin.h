@@ -1,5 +1,5 @@
-// The single source of truth for the multilabel margin loss math, shared by the CPU and CUDA kernels:
-// plain functions over raw pointers and sizes, no ATen, no allocation.
+// The multilabel margin loss math: the hinge threshold (both kernels' hinge test) and the steps of
+// the CPU's counting method; plain functions over raw pointers and sizes, no ATen, no allocation.
 //
 // Row loss = sum_{j in targets} sum_{i not a target} max(0, 1 - x[y_j] + x[i]).
 // Native evaluates z = 1 - x[t] + x[i] in the scalar type and tests z > 0. Rounding preserves the
@@ -21,29 +21,6 @@ template <class A>
 ML_HD A margin_threshold(A x_target) {
   return -(A(1) - x_target);
 }
-
-// Direct O(P*C) method for few targets, one block of columns: V is a scalar A (a CUDA thread) or a
-// vector of A (the CPU's Vectorized), Ops supplies gt(x, t) -> mask and keep(mask, v) -> v or 0.
-// thr[0, P) are the thresholds of the target occurrences in order (duplicates and NaNs allowed).
-// Adds to count the number of active hinges per column (the gradient / scale), to sum their values
-// (the loss), and to kacc[j] the number of active columns for occurrence j (minus its gradient).
-template <class Ops, class V, class A>
-ML_HD void margin_direct_block(V x, const A* thr, int64_t P, V& count, V& sum, V* kacc) {
-  const V one(A(1));
-  for (int64_t j = 0; j < P; ++j) {
-    const V th(thr[j]);
-    const auto m = Ops::gt(x, th);
-    const V c = Ops::keep(m, one);
-    count = count + c;
-    sum = sum + Ops::keep(m, x - th);
-    kacc[j] = kacc[j] + c;
-  }
-}
-
-struct ScalarMarginOps {
-  template <class A>
-  static ML_HD bool gt(A x, A t) { return x > t; }
-};
 
 // Counting method, step 1: t[0, n) sorted ascending without NaNs. Merges equal values in place
 // (t keeps the Q distinct values, mult[q] their multiplicities) and returns Q.
@@ -69,11 +46,21 @@ ML_HD int64_t margin_merge_thresholds(A* t, int64_t n, int64_t* mult) {
 // collects the columns below every threshold and NaN columns, i.e. the targets). t[-1] must be
 // readable and finite (a sentinel slot) so that the update needs no branch. Q >= 1.
 // Each batch lane updates its own copy of cnt/D: with few buckets consecutive columns hit the same
-// entry, and a single copy makes one long store-to-load dependency chain (~3x slower at Q = 1).
-// The binary searches of kBatch columns run in lock step (same trip count for all) with the
-// comparison turned into arithmetic: independent dependency chains and no mispredicted branches
-// (random scores make each step a coin flip; branchy searches ran ~10x slower here).
+// entry, and a single copy makes one long store-to-load dependency chain. The binary searches of
+// kBatch columns run in lock step (same trip count for all) with the comparison turned into
+// arithmetic: independent chains, no mispredicted branches (random scores make each step a coin
+// flip). Measurements: docs/performance.md ("margin counting path").
 constexpr int kMarginBucketCopies = 8;
+
+// Adds the copies 1.. of cnt/D (Q + 1 entries each) into the first; entry 0 is never read.
+ML_HD void margin_merge_bucket_copies(int64_t* cnt, double* D, int64_t Q) {
+  for (int k = 1; k < kMarginBucketCopies; ++k) {
+    for (int64_t b = 1; b <= Q; ++b) {
+      cnt[b] += cnt[k * (Q + 1) + b];
+      D[b] += D[k * (Q + 1) + b];
+    }
+  }
+}
 
 template <class A, class G>
 ML_HD void margin_bucket_row(const A* x, int64_t C, const A* t, int64_t Q,
@@ -103,12 +90,7 @@ ML_HD void margin_bucket_row(const A* x, int64_t C, const A* t, int64_t Q,
       if (grad) grad[i0 + k] = static_cast<G>(static_cast<double>(mult_prefix[b]) * scale);
     }
   }
-  for (int k = 1; k < kBatch; ++k) {
-    for (int64_t b = 1; b <= Q; ++b) {
-      cnt[b] += cnt[k * stride + b];
-      D[b] += D[k * stride + b];
-    }
-  }
+  margin_merge_bucket_copies(cnt, D, Q);
 }
 
 // Counting method, step 3: suffix sweep over the Q distinct thresholds. K[q] = #columns above t[q],
