@@ -194,7 +194,7 @@ def _agree(fn, summary, error, group, device):
         for r, ((a, b), n) in enumerate(zip(ranges, counts)):
             if b - a != n:
                 fail(fn, f"rank {r}'s class_range [{a}, {b}) holds {b - a} classes but its weight "
-                          f"shard has {n} rows")
+                         f"shard has {n} rows")
     else:
         ends = torch.tensor(counts).cumsum(0).tolist()
         ranges = [(e - n, e) for e, n in zip(ends, counts)]
@@ -204,18 +204,18 @@ def _agree(fn, summary, error, group, device):
     classes = tiles[-1][1]
     if tiles[0][0] != 0 or any(p[1] != q[0] for p, q in zip(tiles, tiles[1:])):
         fail(fn, f"the ranks' class ranges {ranges} do not tile [0, C) (contiguous, no gap, no "
-                  "overlap)")
+                 "overlap)")
     for what in ("target_classes", "dtensor_classes"):
         for r, c in enumerate(col[what]):
             if c >= 0 and c != classes:
                 name = "targets have" if what == "target_classes" else "DTensor weight has"
                 fail(fn, f"rank {r}'s {name} {c} classes but the {world} ranks' shards tile "
-                          f"[0, {classes}) (a world size or shard split that does not match?)")
+                         f"[0, {classes}) (a world size or shard split that does not match?)")
     lo, hi = min(col["target_min"]), max(col["target_max"])
     if col["kind"][0] == MARGIN and (lo < -1 or hi >= classes):
         r = col["target_min"].index(lo) if lo < -1 else col["target_max"].index(hi)
         fail(fn, f"rank {r}'s target holds class index {lo if lo < -1 else hi}, outside "
-                  f"[-1, {classes})")
+                 f"[-1, {classes})")
     if col["k"][0] > classes:
         fail(fn, f"k = {col['k'][0]} exceeds the number of classes C = {classes}")
     rows = col["rows"]
@@ -234,7 +234,7 @@ def _local(fn, name, t, group):
         return t, group, -1
     if t.device_mesh.ndim != 1 or tuple(t.placements) != (Shard(0),):
         fail(fn, f"{name} as a DTensor must be sharded (Shard(0),) on a 1-D mesh, got placements "
-                  f"{tuple(t.placements)} on a {t.device_mesh.ndim}-D mesh")
+                 f"{tuple(t.placements)} on a {t.device_mesh.ndim}-D mesh")
     mesh_group = t.device_mesh.get_group()
     if group is not None and group != mesh_group:
         fail(fn, f"{name}'s device mesh is not over `group`")
@@ -268,12 +268,12 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
         if not isinstance(pos_weight, torch.Tensor) or pos_weight.dim() > 1 or \
                 pos_weight.numel() not in (1, weight.size(0)):
             fail(fn, f"pos_weight must be this rank's ({weight.size(0)},) entries or one value, "
-                      f"got {getattr(pos_weight, 'shape', type(pos_weight).__name__)}")
+                     f"got {getattr(pos_weight, 'shape', type(pos_weight).__name__)}")
         check_same_device(fn, "pos_weight", pos_weight, "input", input)
     if isinstance(target, SparseTargets):
         if target.vector or target.shape[0] != input.size(0):
             fail(fn, f"target of shape {tuple(target.shape)} does not have input's "
-                      f"{input.size(0)} rows")
+                     f"{input.size(0)} rows")
         check_same_device(fn, "target", target, "input", input)
         s.update(target_kind=1, target_classes=target.num_classes, nnz=target.nnz,
                  target_values=target.values is not None,
@@ -283,7 +283,7 @@ def _summarize(fn, kind, input, weight, target, bias, pos_weight, red, class_ran
         fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
     if target.dim() != 2 or target.size(0) != input.size(0):
         fail(fn, f"target must have input's {input.size(0)} rows, got shape "
-                  f"{tuple(target.shape)}")
+                 f"{tuple(target.shape)}")
     check_same_device(fn, "target", target, "input", input)
     s.update(target_kind=0, target_dtype=_dtype_code(target))
     if kind == MARGIN:
@@ -313,8 +313,8 @@ def _prepare(fn, kind, input, weight, target, bias, pos_weight, reduction, class
         bias, _, _ = _local(fn, "bias", bias, group)
         if update is not None and dtensor:
             fail(fn, "update= with a DTensor weight or bias is not supported: the optimizer "
-                      "holds the DTensor, not the local shard that would be stepped; pass this "
-                      "rank's rows as a plain tensor parameter instead")
+                     "holds the DTensor, not the local shard that would be stepped; pass this "
+                     "rank's rows as a plain tensor parameter instead")
         pos_weight, _, _ = _local(fn, "pos_weight", pos_weight, group)
         group = group if group is not None else dist.group.WORLD
         red = _reduction_code(reduction) if kind != TOPK else -1

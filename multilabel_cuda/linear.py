@@ -263,7 +263,7 @@ def _check_args(fn, input, weight, bias, chunk_size):
         fail(fn, f"weight must be (C, D), got shape {tuple(weight.shape)}")
     if weight.size(1) != input.size(1):
         fail(fn, f"weight has {weight.size(1)} features (shape {tuple(weight.shape)}) but input "
-                  f"has {input.size(1)} (shape {tuple(input.shape)})")
+                 f"has {input.size(1)} (shape {tuple(input.shape)})")
     if weight.size(0) == 0:
         fail(fn, "weight must have at least one class (row)")
     if input.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
@@ -289,7 +289,7 @@ def _check_args(fn, input, weight, bias, chunk_size):
 def _check_no_grad(fn, name, t):
     if t is not None and torch.is_grad_enabled() and t.requires_grad:
         fail(fn, f"{name} requires grad, but the fused linear losses give no gradient w.r.t. "
-                  f"{name}")
+                 f"{name}")
 
 
 def _target_tensors(target):
@@ -312,7 +312,7 @@ def _target_parts(fn, target, input, weight, integer_ok):
         fail(fn, f"target must be a Tensor or a SparseTargets, got {type(target).__name__}")
     if tuple(target.shape) != shape:
         fail(fn, f"target of shape {tuple(target.shape)} does not match (N, C) = {shape} "
-                  "(input's rows, weight's rows)")
+                 "(input's rows, weight's rows)")
     check_same_device(fn, "target", target, "input", input)
     if not (target.is_floating_point() or (integer_ok and not target.is_complex()
                                            and target.dtype != torch.bool)):
@@ -334,7 +334,7 @@ def _margin_target(fn, target, input, weight):
     if not (target.dim() == 2 and target.size(0) == input.size(0)
             and target.size(1) <= weight.size(0)):
         fail(fn, f"target of shape {tuple(target.shape)} does not fit (N, K) with N = "
-                  f"{input.size(0)} and K <= C = {weight.size(0)}")
+                 f"{input.size(0)} and K <= C = {weight.size(0)}")
     return target
 
 
@@ -349,7 +349,7 @@ def _check_pos_weight(fn, pos_weight, input, weight):
                                        zip(reversed(pos_weight.shape), reversed(shape)))
     if not ok:
         fail(fn, f"pos_weight of shape {tuple(pos_weight.shape)} is not broadcastable to "
-                  f"(N, C) = {shape}")
+                 f"(N, C) = {shape}")
     _check_no_grad(fn, "pos_weight", pos_weight)
     return pos_weight
 
@@ -368,7 +368,7 @@ def _sgd_state(fn, update, weight, bias, reduction):
         fail(fn, f"update must be a torch.optim.SGD (or None), got {type(update).__name__}")
     if reduction == NONE:
         fail(fn, "reduction 'none' cannot be used with update=: the fused SGD step needs the "
-                  "gradient of the reduced loss")
+                 "gradient of the reduced loss")
     groups = {p: g for g in update.param_groups for p in g["params"]}
     out = []
     for name, p in (("weight", weight), ("bias", bias)):
@@ -377,13 +377,13 @@ def _sgd_state(fn, update, weight, bias, reduction):
             continue
         if p.grad_fn is not None:
             fail(fn, f"{name} must be a leaf tensor (a parameter) to be stepped in place, but it "
-                      "is computed from other tensors")
+                     "is computed from other tensors")
         group = groups.get(p)
         if group is None:
             fail(fn, f"{name} is not a parameter of the update optimizer")
         if p.grad is not None:
             fail(fn, f"{name}.grad is set: update.step() would step {name} a second time; call "
-                      "update.zero_grad() (set_to_none=True) before the fused-update loss")
+                     "update.zero_grad() (set_to_none=True) before the fused-update loss")
         if group.get("differentiable"):
             fail(fn, "update with differentiable=True is not supported")
         buf = update.state[p].get("momentum_buffer") if group["momentum"] != 0 else None
